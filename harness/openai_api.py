@@ -1,0 +1,88 @@
+"""Small pieces of the OpenAI-compatible HTTP surface shared by the simulated engine and the proxy.
+
+Errors follow vLLM's ``ErrorResponse``: ``{"error": {"message", "type", "param", "code"}}`` with the HTTP
+status as ``code``; request ids follow the ``X-Request-Id`` convention (keep the client's, else generate).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+REQUEST_ID_HEADER = "X-Request-Id"
+SERVED_BY_HEADER = "X-Served-By"
+
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    408: "RequestTimeoutError",
+    413: "RequestEntityTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+
+
+class ApiError(Exception):
+    """An error that becomes an OpenAI-style JSON response with ``status``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, err_type: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.err_type = err_type or _ERROR_TYPES.get(status, "BadRequestError" if status < 500 else "ServerError")
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.err_type,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
+
+
+def error_body(status: int, message: str, param: str | None = None, err_type: str | None = None) -> dict:
+    return ApiError(status, message, param, err_type).body()
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(exc: ApiError, headers: Mapping[str, str] | None = None) -> web.Response:
+    return json_response(exc.body(), exc.status, headers)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"Invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+def request_id_of(request: web.Request) -> str:
+    rid = request.headers.get(REQUEST_ID_HEADER, "").strip()
+    return rid if rid and len(rid) <= 256 and rid.isprintable() else uuid.uuid4().hex
+
+
+def sse_event(data: Any) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"

@@ -1,0 +1,1 @@
+"""The simulated vLLM engine: the embedded default worker of the harness."""

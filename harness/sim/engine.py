@@ -1,0 +1,335 @@
+"""Continuous batching over the paged KV cache, with simulated step times.
+
+The loop mirrors vLLM V1's scheduler at the level a router can observe: running requests first (decode one
+token, or continue a chunked prefill), then waiting requests admitted FIFO while ``max_num_seqs`` and the
+``max_num_batched_tokens`` budget allow and the cache has blocks for their prompt. A decode that finds no free
+block preempts the most recently admitted request, which later recomputes. With delays disabled
+(``speedup 0``) a request's whole decode completes in the step that finishes its prefill, so one worker
+answers thousands of requests per second and never limits a load test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from harness.mm import tokenizer
+from harness.mm.hashing import NONE_HASH, BlockKeyContext, block_hashes
+from harness.mm.prompt import Prompt
+from harness.sim.kv_cache import Block, BlockPool
+from harness.sim.timing import TimingModel
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """The tokens a request will generate, decided up front from the deterministic answer."""
+
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    stop_reason: str | None = None
+
+
+def plan_output(answer: str, params: SamplingParams) -> OutputPlan:
+    """Apply ``stop``, ``ignore_eos`` and ``max_tokens`` to an answer the way vLLM's sampler ends one."""
+    stop_reason = None
+    cut = len(answer)
+    for s in params.stop:
+        pos = answer.find(s) if s else -1
+        if 0 <= pos < cut:
+            cut, stop_reason = pos, s
+    ids = tokenizer.encode(answer[:cut])
+    if stop_reason is not None:
+        if len(ids) <= params.max_tokens:
+            return OutputPlan(tuple(ids), "stop", stop_reason)
+        return OutputPlan(tuple(ids[: params.max_tokens]), "length")
+    if params.ignore_eos:
+        base = ids or [tokenizer.EOS_TOKEN_ID]
+        reps = math.ceil(params.max_tokens / len(base))
+        return OutputPlan(tuple((base * reps)[: params.max_tokens]), "length")
+    ids.append(tokenizer.EOS_TOKEN_ID)  # vLLM counts the EOS token in completion_tokens
+    if len(ids) <= params.max_tokens:
+        return OutputPlan(tuple(ids), "stop")
+    return OutputPlan(tuple(ids[: params.max_tokens]), "length")
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    prompt: Prompt
+    plan: OutputPlan
+    key_ctx: BlockKeyContext = field(default_factory=BlockKeyContext)
+    arrival: float = field(default_factory=time.monotonic)
+
+    # Cache state
+    block_hashes: list[int] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
+    num_published: int = 0
+    num_cached_tokens: int = -1  # -1 until first scheduled
+    # Progress
+    num_computed: int = 0
+    prefill_target: int = 0
+    outputs: list[int] = field(default_factory=list)
+    image_tokens_to_encode: int = 0
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finish_time: float | None = None
+    finish_reason: str | None = None
+    aborted: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt.token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival
+
+
+class EngineHooks:
+    """Observers of request life-cycle events (metrics). Default: no-ops."""
+
+    def on_scheduled(self, req: Request) -> None: ...
+    def on_token(self, req: Request, now: float, n: int, gap: float | None) -> None: ...
+    def on_finished(self, req: Request, now: float) -> None: ...
+    def on_preempted(self, req: Request) -> None: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        pool: BlockPool,
+        timing: TimingModel,
+        *,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        hooks: EngineHooks | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool = pool
+        self.block_size = pool.block_size
+        self.timing = timing
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.hooks = hooks or EngineHooks()
+        self.clock = clock
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.num_steps = 0
+
+    # -- public ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="engine-loop")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def add_request(self, req: Request) -> None:
+        req.block_hashes = block_hashes(req.prompt.token_ids, self.block_size, req.prompt.mm_items, req.key_ctx)
+        req.prefill_target = req.prompt_len
+        self.waiting.append(req)
+        self._wakeup.set()
+
+    def abort(self, req: Request) -> None:
+        """Client went away: release its blocks at the next step boundary."""
+        req.aborted = True
+        self._wakeup.set()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    # -- loop ------------------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            if not self.running and not self.waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            self._drop_aborted()
+            scheduled, prefill, images, decodes = self._schedule()
+            delay = self.timing.step_seconds(prefill, images, decodes)
+            await asyncio.sleep(delay)
+            self.num_steps += 1
+            self._complete(scheduled)
+
+    def _drop_aborted(self) -> None:
+        if any(r.aborted for r in self.waiting):
+            self.waiting = deque(r for r in self.waiting if not r.aborted)
+        for req in [r for r in self.running if r.aborted]:
+            self.running.remove(req)
+            self._release(req)
+
+    def _schedule(self) -> tuple[list[tuple[Request, int]], int, int, int]:
+        budget = self.max_num_batched_tokens
+        scheduled: list[tuple[Request, int]] = []
+        prefill = images = decodes = 0
+        for req in list(self.running):
+            if req not in self.running:  # preempted by an earlier request in this pass
+                continue
+            if req.num_computed < req.prefill_target:
+                n = min(req.prefill_target - req.num_computed, budget)
+                if n > 0:
+                    budget -= n
+                    prefill += n
+                    scheduled.append((req, n))
+                continue
+            if budget <= 0 or not self._reserve_decode(req):
+                continue
+            budget -= 1
+            decodes += 1
+            scheduled.append((req, 0))
+        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
+            req = self.waiting[0]
+            if not self._admit(req):
+                break
+            self.waiting.popleft()
+            self.running.append(req)
+            n = min(req.prefill_target - req.num_computed, budget)
+            budget -= n
+            prefill += n
+            images += req.image_tokens_to_encode
+            scheduled.append((req, n))
+        return scheduled, prefill, images, decodes
+
+    def _admit(self, req: Request) -> bool:
+        """Look up cached blocks and allocate the rest of the prompt's; False if the cache is full."""
+        max_hit_blocks = (req.prompt_len - 1) // self.block_size
+        hits = self.pool.longest_cached_prefix(req.block_hashes, max_hit_blocks)
+        lifetime = req.prefill_target
+        if not self.timing.realtime:  # the whole decode happens in this step
+            lifetime = req.prompt_len + len(req.plan.token_ids) - 1
+        need = max(0, math.ceil(lifetime / self.block_size) - len(hits))
+        # Hits sitting in the free queue are not allocatable once touched.
+        free_hits = sum(1 for b in hits if b.ref_cnt == 0)
+        if need > self.pool.num_free - free_hits:
+            return False
+        self.pool.touch(hits)
+        new = self.pool.allocate(need)
+        assert new is not None
+        req.blocks = hits + new
+        req.num_published = len(hits)
+        cached = len(hits) * self.block_size
+        req.num_computed = cached
+        first_time = req.num_cached_tokens < 0
+        if first_time:
+            req.num_cached_tokens = cached
+            self.pool.stats.queries += req.prompt_len
+            self.pool.stats.hits += cached
+            self.hooks.on_scheduled(req)
+        req.image_tokens_to_encode = sum(it.length for it in req.prompt.mm_items if it.offset + it.length > cached)
+        return True
+
+    def _reserve_decode(self, req: Request) -> bool:
+        """Make room for one more token's KV, preempting the newest request if the pool is dry."""
+        need_tokens = req.prompt_len + len(req.outputs)
+        while math.ceil(need_tokens / self.block_size) > len(req.blocks):
+            new = self.pool.allocate(1)
+            if new is not None:
+                req.blocks.extend(new)
+                continue
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is req:
+                return False
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self._release(req)
+        req.num_computed = 0
+        req.prefill_target = req.prompt_len + len(req.outputs)
+        self.waiting.appendleft(req)
+        self.hooks.on_preempted(req)
+
+    def _release(self, req: Request) -> None:
+        self.pool.free_blocks(reversed(req.blocks))
+        req.blocks = []
+        req.num_published = 0
+
+    def _complete(self, scheduled: Sequence[tuple[Request, int]]) -> None:
+        now = self.clock()
+        for req, n in scheduled:
+            if req.aborted or req.finished or req not in self.running:
+                continue
+            if n:
+                req.num_computed += n
+                req.image_tokens_to_encode = 0
+                self._publish(req)
+                if req.num_computed < req.prefill_target:
+                    continue
+            remaining = len(req.plan.token_ids) - len(req.outputs)
+            k = remaining if not self.timing.realtime else 1
+            self._emit(req, k, now)
+
+    def _emit(self, req: Request, k: int, now: float) -> None:
+        start = len(req.outputs)
+        req.outputs.extend(req.plan.token_ids[start : start + k])
+        gap = None if req.last_token_time is None else now - req.last_token_time
+        if req.first_token_time is None:
+            req.first_token_time = now
+        req.last_token_time = now
+        req.num_computed = req.prompt_len + len(req.outputs) - 1  # the newest token has no KV yet
+        self.hooks.on_token(req, now, k, gap)
+        self._publish(req)
+        if len(req.outputs) >= len(req.plan.token_ids):
+            req.finish_reason = req.plan.finish_reason
+            req.finish_time = now
+            self.running.remove(req)
+            self._release(req)
+            self.hooks.on_finished(req, now)
+        req.changed.set()
+
+    def _publish(self, req: Request) -> None:
+        """Publish blocks whose KV is complete: prompt blocks as prefill covers them, then output blocks."""
+        computed = req.num_computed
+        full = min(computed // self.block_size, len(req.blocks))
+        if full <= req.num_published:
+            return
+        if full > len(req.block_hashes):
+            tokens = req.prompt.token_ids + req.outputs
+            parent = req.block_hashes[-1] if req.block_hashes else NONE_HASH
+            req.block_hashes.extend(
+                block_hashes(
+                    tokens,
+                    self.block_size,
+                    req.prompt.mm_items,
+                    req.key_ctx,
+                    start_block=len(req.block_hashes),
+                    parent=parent,
+                )[: full - len(req.block_hashes)]
+            )
+        lo = req.num_published
+        parent = req.block_hashes[lo - 1] if lo else None
+        bs = self.block_size
+        tokens = req.prompt.token_ids[lo * bs : full * bs]
+        if len(tokens) < (full - lo) * bs:
+            tokens = (req.prompt.token_ids + req.outputs)[lo * bs : full * bs]
+        self.pool.cache_blocks(req.blocks[lo:full], req.block_hashes[lo:full], tokens, parent, req.key_ctx.lora_name)
+        req.num_published = full
