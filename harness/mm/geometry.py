@@ -137,7 +137,8 @@ def resolve_geometry(
     cache_dir: str | None = None,
 ) -> ImageGeometry:
     """Geometry for ``model``; memoized on the arguments (and the offline flag)."""
-    frozen = tuple(sorted((overrides or {}).items()))
+    # Canonical JSON as the memo key: override values may be lists or dicts (--mm-processor-kwargs is JSON).
+    frozen = json.dumps(dict(overrides or {}), sort_keys=True)
     return _resolve(model, family, preprocessor_config, frozen, cache_dir, _offline())
 
 
@@ -146,7 +147,7 @@ def _resolve(
     model: str,
     family_name: str | None,
     preprocessor_config: str | None,
-    overrides: tuple[tuple[str, Any], ...],
+    overrides: str,
     cache_dir: str | None,
     offline: bool,
 ) -> ImageGeometry:
@@ -181,7 +182,7 @@ def _resolve(
             f"no image geometry for model {model!r}: tried {'; '.join(tried)}; the model id matches no "
             f"known family. Override with {OVERRIDE_FLAGS}."
         )
-    cfg.update(dict(overrides))
+    cfg.update(json.loads(overrides))
     return ImageGeometry(model=model, family=family, config=MappingProxyType(cfg), source=source)
 
 

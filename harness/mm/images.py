@@ -88,7 +88,8 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
         raise ImageError(f"data URL media type {mime!r} is not an image")
     if ";base64" not in header:
         raise ImageError("only base64 data URLs are supported for images")
-    if len(payload) * 3 // 4 > max_bytes:
+    padding = 2 if payload.endswith("==") else 1 if payload.endswith("=") else 0
+    if (len(payload) - padding) * 3 // 4 > max_bytes:  # exact decoded length of valid base64
         raise ImageError(f"image is larger than the limit of {max_bytes} bytes", status=413)
     try:
         return base64.b64decode(payload, validate=True)
@@ -104,7 +105,9 @@ def image_size(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
                 fmt = img.format or "unknown"
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # far over any sane limit: a size error, not a format error
+        raise ImageError(f"image exceeds the pixel limit ({exc})", 413) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot identify image file ({type(exc).__name__}: {exc})") from None
     if width <= 0 or height <= 0:
         raise ImageError(f"image has an empty side ({width}x{height})")

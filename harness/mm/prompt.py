@@ -82,7 +82,7 @@ def _parse_part(part: Any, where: str) -> str | ImagePart:
         if uuid is not None and not isinstance(uuid, str):
             raise PromptError(f"{where}.uuid must be a string", f"{where}.uuid")
         return ImagePart(url=url, uuid=uuid)
-    if kind in UNSUPPORTED_PARTS:
+    if isinstance(kind, str) and kind in UNSUPPORTED_PARTS:
         raise PromptError(f"content part type {kind!r} is not supported by this model", f"{where}.type")
     raise PromptError(f"unknown content part type {kind!r} (expected 'text' or 'image_url')", f"{where}.type")
 
@@ -97,7 +97,7 @@ def parse_chat(messages: Any) -> list[Turn]:
         if not isinstance(msg, Mapping):
             raise PromptError(f"{where} must be an object", where)
         role = msg.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise PromptError(f"{where}.role must be one of {sorted(ROLES)}, got {role!r}", f"{where}.role")
         content = msg.get("content")
         turn = Turn(role=role)

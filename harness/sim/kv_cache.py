@@ -130,23 +130,38 @@ class BlockPool:
         parent: int | None,
         lora_name: str | None = None,
     ) -> None:
-        """Publish full blocks under their hashes. A hash already cached by another block stays with it."""
-        stored: list[int] = []
-        for block, h in zip(blocks, hashes, strict=True):
-            if block.block_hash is not None:
-                continue
-            if h in self.cached:
-                continue  # duplicate content computed concurrently; vLLM keeps the first block too
-            block.block_hash = h
-            self.cached[h] = block
-            stored.append(h)
-        if stored and self._on_event is not None:
+        """Publish full blocks under their hashes. A hash already cached by another block stays with it.
+
+        ``token_ids`` holds the blocks' tokens (``block_size`` each) and ``parent`` the hash before the first
+        block. One ``BlockStored`` goes out per run of newly stored blocks, with that run's own parent and
+        tokens, so skipped duplicates never leave an event's hashes misaligned with its parent and tokens.
+        """
+        runs: list[tuple[int, int | None, list[int]]] = []  # (first index, parent hash, stored hashes)
+        prev = parent
+        extend = False
+        for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
+            if block.block_hash is not None or h in self.cached:
+                # Already published, or duplicate content computed concurrently: vLLM keeps the first block too.
+                extend = False
+            else:
+                block.block_hash = h
+                self.cached[h] = block
+                if extend:
+                    runs[-1][2].append(h)
+                else:
+                    runs.append((i, prev, [h]))
+                    extend = True
+            prev = h
+        if self._on_event is None:
+            return
+        bs = self.block_size
+        for start, run_parent, stored in runs:
             self._emit(
                 BlockStored(
                     block_hashes=tuple(stored),
-                    parent_block_hash=parent,
-                    token_ids=tuple(token_ids),
-                    block_size=self.block_size,
+                    parent_block_hash=run_parent,
+                    token_ids=tuple(token_ids[start * bs : (start + len(stored)) * bs]),
+                    block_size=bs,
                     lora_name=lora_name,
                 )
             )

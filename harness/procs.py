@@ -1,0 +1,135 @@
+"""Processes the harness starts: own session (so a whole tree can be signalled), output to a log file,
+readiness with a deadline that fails fast when the process dies, and teardown by process group: SIGTERM,
+a grace period, then SIGKILL. Nothing is ever killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+class ProcessExitedError(RuntimeError):
+    """A process ended while we waited for it to become ready."""
+
+
+class ReadyTimeoutError(TimeoutError):
+    pass
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        return tail(self.log_path, lines)
+
+    def signal_group(self, sig: int) -> None:
+        # The process leads its own session, so its pgid is its pid.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+    def terminate(self, grace_s: float = 5.0) -> int | None:
+        """SIGTERM the group, wait ``grace_s``, then SIGKILL it. Returns the exit code."""
+        if self.alive:
+            self.signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace_s)
+        # Children may outlive the leader; the group is ours either way.
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(grace_s)
+        return self.popen.returncode
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> ManagedProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    return ManagedProcess(name=name, argv=list(argv), log_path=log_path, popen=popen)
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    *,
+    interval_s: float = 0.05,
+    procs: Sequence[ManagedProcess] = (),
+    what: str = "condition",
+) -> None:
+    """Poll ``condition`` until true; raise at the deadline, or at once if one of ``procs`` has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for p in procs:
+            rc = p.poll()
+            if rc is not None:
+                raise ProcessExitedError(
+                    f"{p.name} (pid {p.pid}) exited with code {rc} while waiting for {what}; last log lines:\n"
+                    f"{p.log_tail()}"
+                )
+        if condition():
+            return
+        if time.monotonic() >= deadline:
+            details = "".join(f"\n--- {p.name} ---\n{p.log_tail()}" for p in procs)
+            raise ReadyTimeoutError(f"timed out after {timeout_s:.1f}s waiting for {what}{details}")
+        time.sleep(interval_s)
+
+
+def http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_http_ready(url: str, proc: ManagedProcess, timeout_s: float = 30.0) -> None:
+    wait_until(lambda: http_ok(url), timeout_s, procs=[proc], what=f"{proc.name} at {url}")
