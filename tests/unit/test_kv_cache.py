@@ -26,7 +26,10 @@ def tokens(n: int, base: int = 1000) -> list[int]:
     return list(range(base, base + n))
 
 
-def cache_chain(pool: BlockPool, toks: list[int], ctx: BlockKeyContext = BlockKeyContext()) -> tuple[list[Block], list[int]]:
+NO_CTX = BlockKeyContext()
+
+
+def cache_chain(pool: BlockPool, toks: list[int], ctx: BlockKeyContext = NO_CTX) -> tuple[list[Block], list[int]]:
     """Allocate blocks for ``toks``, publish its full blocks as one request would; returns (blocks, hashes)."""
     hashes = block_hashes(toks, pool.block_size, (), ctx)
     n_blocks = -(-len(toks) // pool.block_size)
@@ -241,7 +244,7 @@ def test_usage_fraction() -> None:
     pool.free_blocks(reversed(got + more))
     assert pool.usage == 0.0
     # Cached-but-free blocks do not count as used.
-    _, hashes = cache_chain(pool, tokens(2 * BS))
+    cache_chain(pool, tokens(2 * BS))
     assert pool.usage == pytest.approx(0.25)
 
 
@@ -249,7 +252,7 @@ def test_block_stored_event_fields() -> None:
     pool, events = make_pool(8)
     ctx = BlockKeyContext(lora_name="adapter-a")
     toks = tokens(2 * BS + 1)
-    blocks, hashes = cache_chain(pool, toks, ctx)
+    _, hashes = cache_chain(pool, toks, ctx)
     assert events == [
         BlockStored(
             block_hashes=tuple(hashes),
