@@ -68,7 +68,8 @@ class Family:
     model_patterns: tuple[str, ...] = field(default=())
 
     def matches(self, model_id: str) -> bool:
-        lowered = model_id.lower()
+        # The last path component only: a local directory's parents say nothing about the model.
+        lowered = model_id.rstrip("/").rsplit("/", 1)[-1].lower()
         return any(re.search(p, lowered) for p in self.model_patterns)
 
 

@@ -52,6 +52,10 @@ def _offline() -> bool:
 
 def _family_from_config(raw: Mapping[str, Any]) -> Family | None:
     kind = str(raw.get("image_processor_type") or raw.get("processor_class") or "")
+    if kind.startswith("Qwen3VL"):
+        return FAMILIES["qwen3_vl"]
+    if kind.startswith("Qwen2_5_VL"):
+        return FAMILIES["qwen2_5_vl"]
     if kind.startswith("Qwen2VL"):
         return FAMILIES["qwen3_vl"] if int(raw.get("patch_size", 14)) == 16 else FAMILIES["qwen2_vl"]
     if kind.startswith("LlavaNext"):

@@ -163,7 +163,7 @@ def render_text(prompt: str | Sequence[int]) -> Prompt:
     if isinstance(prompt, str):
         return Prompt(token_ids=tokenizer.encode(prompt))
     ids = list(prompt)
-    bad = next((t for t in ids if not isinstance(t, int) or not tokenizer.is_valid_id(t)), None)
-    if bad is not None:
-        raise PromptError(f"token id {bad!r} is out of vocabulary", "prompt")
+    bad = [t for t in ids if not isinstance(t, int) or not tokenizer.is_valid_id(t)]
+    if bad:  # a list, not next(..., None): a None id is itself bad
+        raise PromptError(f"token id {bad[0]!r} is out of vocabulary", "prompt")
     return Prompt(token_ids=ids)

@@ -44,8 +44,12 @@ def dominant_colours(data: bytes, max_colours: int = 3) -> tuple[str, ...]:
     """Named colours covering at least 15% of the image, most common first."""
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (_THUMB * 4, _THUMB * 4))  # JPEG: decode at reduced scale
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         thumb = img.convert("RGB").resize((_THUMB, _THUMB), Image.Resampling.NEAREST)
-    counts = Counter(colour_name(*px) for px in thumb.getdata())
+    raw = thumb.tobytes()
+    counts = Counter(colour_name(*px) for px in zip(raw[0::3], raw[1::3], raw[2::3], strict=True))
     total = _THUMB * _THUMB
     names = [name for name, n in counts.most_common() if n / total >= _MIN_SHARE][:max_colours]
     return tuple(names) or (counts.most_common(1)[0][0],)

@@ -40,8 +40,10 @@ class WorkerConfig:
     limit_mm_per_prompt: dict = field(default_factory=lambda: {"image": 16})
     allowed_media_hosts: tuple[str, ...] = ("loopback",)
     allowed_local_media_path: Path | None = None
+    asset_dir: Path | None = None
     max_image_bytes: int = 20 * 1024 * 1024
     media_fetch_timeout: float = 5.0
+    kv_events_config: dict = field(default_factory=dict)
     # LoRA
     enable_lora: bool = False
     max_loras: int = 4
@@ -116,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
     g.add_argument("--enable-prefix-caching", action="store_true", help="accepted for vLLM parity (always on)")
     g.add_argument("--enable-prompt-tokens-details", action="store_true", help="accepted (always on)")
+    g.add_argument(
+        "--kv-events-config",
+        type=_json_dict("--kv-events-config"),
+        default={},
+        help='vLLM\'s format: {"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://..."}',
+    )
     g.add_argument("--enforce-eager", action="store_true", help="accepted for vLLM parity")
     t = p.add_argument_group("timing model")
     t.add_argument("--speedup", type=float, default=d.speedup, help="divide every delay; 0 disables delays")
@@ -136,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="hosts image URLs may point at; 'loopback' = any loopback address",
     )
     m.add_argument("--allowed-local-media-path", type=Path, default=None)
+    m.add_argument("--asset-dir", type=Path, default=None, help="run-scoped asset directory for mmfile:// refs")
     m.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)
     m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)
     lo = p.add_argument_group("LoRA")

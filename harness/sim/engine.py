@@ -109,6 +109,7 @@ class EngineHooks:
     def on_token(self, req: Request, now: float, n: int, gap: float | None) -> None: ...
     def on_finished(self, req: Request, now: float) -> None: ...
     def on_preempted(self, req: Request) -> None: ...
+    def on_step_end(self) -> None: ...
 
 
 class Engine:
@@ -178,13 +179,21 @@ class Engine:
             await asyncio.sleep(delay)
             self.num_steps += 1
             self._complete(scheduled)
+            self.hooks.on_step_end()
 
     def _drop_aborted(self) -> None:
-        if any(r.aborted for r in self.waiting):
+        aborted = [r for r in self.waiting if r.aborted]
+        if aborted:
             self.waiting = deque(r for r in self.waiting if not r.aborted)
         for req in [r for r in self.running if r.aborted]:
             self.running.remove(req)
             self._release(req)
+            aborted.append(req)
+        now = self.clock()
+        for req in aborted:
+            if not req.finished:
+                req.finish_reason, req.finish_time = "abort", now
+                self.hooks.on_finished(req, now)
 
     def _schedule(self) -> tuple[list[tuple[Request, int]], int, int, int]:
         budget = self.max_num_batched_tokens

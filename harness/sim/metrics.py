@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from harness.sim.engine import Engine, EngineHooks, Request
@@ -84,6 +86,8 @@ class EngineMetrics(EngineHooks):
 
     def __init__(self, model_name: str, engine_index: str = "0") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: Run after every engine step (the KV event publisher flushes its batch here).
+        self.step_end_callbacks: list[Callable[[], None]] = []
         labels = ("model_name", "engine")
         self._values = (model_name, engine_index)
         r = self.registry
@@ -164,3 +168,7 @@ class EngineMetrics(EngineHooks):
 
     def on_preempted(self, req: Request) -> None:
         self._preempt.inc()
+
+    def on_step_end(self) -> None:
+        for callback in self.step_end_callbacks:
+            callback()

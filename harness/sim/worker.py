@@ -14,7 +14,6 @@ import random
 import signal
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +23,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.gpu.simulated import SimGpuRegistry
+from harness.kv_events import EventPublisher, KVEventsConfig
 from harness.mm import tokenizer
+from harness.mm.assets import AssetStore
 from harness.mm.geometry import GeometryNotFoundError, ImageGeometry, resolve_geometry
 from harness.mm.hashing import BlockKeyContext
-from harness.mm.image_tokens import ImageGeometryError
-from harness.mm.images import ImageError, ImagePolicy, image_size, load_image_bytes, mm_hash
+from harness.mm.images import ImageError, ImagePolicy
 from harness.mm.prompt import (
-    ImagePart,
     Prompt,
     PromptError,
     Turn,
@@ -39,6 +38,7 @@ from harness.mm.prompt import (
     render_chat,
     render_text,
 )
+from harness.mm.resolver import ImageResolver, ResolvedImage
 from harness.openai_api import (
     REQUEST_ID_HEADER,
     SERVED_BY_HEADER,
@@ -62,7 +62,6 @@ from harness.sim.timing import TimingModel
 log = logging.getLogger("harness.sim.worker")
 
 GIB = 1024**3
-IMAGE_MEMO_SIZE = 4096
 #: Fraction of the weights a start-up profiling run adds at its peak (activations of a max-size batch).
 PROFILE_PEAK_FRACTION = 0.15
 #: Fixed runtime overhead on top of weights + KV (CUDA context, graphs, allocator slack).
@@ -71,14 +70,6 @@ RUNTIME_OVERHEAD_BYTES = int(0.6 * GIB)
 
 class StartupError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class ImageMeta:
-    width: int
-    height: int
-    tokens: int
-    colours: tuple[str, ...]
 
 
 @dataclass
@@ -128,7 +119,11 @@ class SimWorker:
                 f"increasing --kv-cache-memory-bytes or decreasing --max-model-len."
             )
         self.metrics = EngineMetrics(cfg.model_name)
-        self.pool = BlockPool(self.num_blocks, cfg.block_size)
+        events_cfg = KVEventsConfig.from_json(cfg.kv_events_config)
+        self.publisher = EventPublisher(events_cfg) if events_cfg else None
+        self.pool = BlockPool(self.num_blocks, cfg.block_size, self.publisher.add if self.publisher else None)
+        if self.publisher is not None:
+            self.metrics.step_end_callbacks.append(self.publisher.flush)
         self.timing = TimingModel(
             step_overhead_s=cfg.step_overhead_ms / 1e3,
             prefill_token_s=cfg.prefill_token_us / 1e6,
@@ -151,7 +146,10 @@ class SimWorker:
             max_bytes=cfg.max_image_bytes,
             fetch_timeout_s=cfg.media_fetch_timeout,
         )
-        self.image_memo: OrderedDict[str, ImageMeta] = OrderedDict()
+        self.assets = AssetStore(cfg.asset_dir) if cfg.asset_dir else None
+        self.images = ImageResolver(
+            cfg.model, self.geometry, self.policy, assets=self.assets, analyze=answers.dominant_colours
+        )
         self.ready = False
         self.created = int(time.time())
         self.num_requests = 0
@@ -176,6 +174,7 @@ class SimWorker:
     async def startup(self) -> None:
         """Simulated load + profile: memory climbs to the profiling peak, then settles at weights + KV."""
         self.session = aiohttp.ClientSession()
+        self.images.session = self.session
         self.engine.start()
         self.publish_memory(self.spec.weights_bytes)
         if self.cfg.startup_delay > 0:
@@ -208,6 +207,8 @@ class SimWorker:
         await self.engine.stop()
         if self.session is not None:
             await self.session.close()
+        if self.publisher is not None:
+            self.publisher.close()
         self.gpus.remove(self.cfg.sim_gpu_index, os.getpid())
 
     # -- request building ------------------------------------------------------------------------------
@@ -220,31 +221,6 @@ class SimWorker:
             return model
         raise ApiError(404, f"The model `{model}` does not exist.", "model", "NotFoundError")
 
-    async def image_meta(self, part: ImagePart) -> tuple[str, ImageMeta]:
-        data = await load_image_bytes(part.url, self.policy, self.session)
-        content_hash = mm_hash(self.cfg.model, data)
-        meta = self.image_memo.get(content_hash)
-        if meta is None:
-            width, height, _ = image_size(data, self.policy.max_pixels)
-            try:
-                tokens = self.geometry.num_tokens(width, height)
-                colours = (
-                    await asyncio.to_thread(answers.dominant_colours, data)
-                    if len(data) > 1 << 20
-                    else answers.dominant_colours(data)
-                )
-            except ImageGeometryError as exc:
-                raise ImageError(str(exc)) from None
-            except OSError as exc:
-                raise ImageError(f"cannot decode image: {exc}") from None
-            meta = ImageMeta(width, height, tokens, colours)
-            self.image_memo[content_hash] = meta
-            if len(self.image_memo) > IMAGE_MEMO_SIZE:
-                self.image_memo.popitem(last=False)
-        else:
-            self.image_memo.move_to_end(content_hash)
-        return part.uuid or content_hash, meta
-
     async def render_chat_body(self, body: dict[str, Any]) -> Rendered:
         turns = parse_chat(body.get("messages"))
         parts = image_parts(turns)
@@ -252,17 +228,17 @@ class SimWorker:
         if len(parts) > limit:
             raise ApiError(400, f"At most {limit} image(s) may be provided in one prompt.", "messages")
         try:
-            resolved = [await self.image_meta(p) for p in parts]
+            resolved: list[ResolvedImage] = [await self.images.resolve(p) for p in parts]
         except ImageError as exc:
             raise ApiError(exc.status, str(exc), "messages") from None
         prompt = render_chat(
             turns,
             self.geometry.family,
-            [(h, meta.tokens) for h, meta in resolved],
+            [(im.hash, im.tokens) for im in resolved],
             add_generation_prompt=bool(body.get("add_generation_prompt", True)),
         )
         if resolved:
-            answer = answers.describe_images([meta.colours for _, meta in resolved])
+            answer = answers.describe_images([im.facts.extra for im in resolved])
         else:
             answer = answers.answer_text(_last_user_text(turns))
         return Rendered(prompt, answer)
@@ -366,6 +342,9 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
                 raise ApiError(500, "Simulated engine error (--error-rate fault injection).")
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            response.headers.setdefault(SERVED_BY_HEADER, worker.cfg.name)
+            response.headers.setdefault(REQUEST_ID_HEADER, rid)
         return response
     except ApiError as exc:
         status = exc.status

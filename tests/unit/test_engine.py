@@ -210,6 +210,26 @@ def test_prefix_of_a_cached_prompt_and_decode_blocks_hit() -> None:
     assert b.num_cached_tokens == 64
 
 
+def test_finished_request_chain_tail_is_evicted_first() -> None:
+    # Pool of exactly 3 blocks: a 48-token prompt with 1 output token fills it with a 3-block chain.
+    engine = make_engine(num_blocks=3)
+    chain = toks(48)
+
+    async def body() -> list[Request]:
+        return [
+            await submit(engine, make_req(chain, n_out=1)),
+            await submit(engine, make_req(toks(16, base=40_000), n_out=1)),  # needs 1 block: evicts one
+            await submit(engine, make_req(chain, n_out=1)),
+        ]
+
+    first, _, again = run(engine, body)
+    assert first.num_cached_tokens == 0
+    # The chain's last block was evicted; its first two still hit (the lookup cap is 2 blocks anyway).
+    assert again.num_cached_tokens == 32
+    assert engine.pool.stats.evictions >= 1
+    assert_all_free(engine)
+
+
 def test_different_image_same_text_hits_only_before_the_image() -> None:
     engine = make_engine()
     ids = toks(40) + [PAD] * 50 + toks(30, base=3000)  # image at offsets 40..89, block 2 starts at 32
@@ -387,9 +407,9 @@ def test_abort_running_request_releases_blocks() -> None:
         return victim, other
 
     victim, other = run(engine, body)
-    assert not victim.finished
+    assert victim.finish_reason == "abort"  # counted like vLLM's finished_reason="abort"
     assert len(victim.outputs) < 500
-    assert victim.request_id not in rec.finished
+    assert victim.request_id in rec.finished
     assert other.finished
     assert_all_free(engine)
 
@@ -430,9 +450,9 @@ def test_many_concurrent_requests_leave_pool_free() -> None:
 
 # -- timing ---------------------------------------------------------------------------------------------------
 def test_cache_hit_lowers_ttft_in_realtime() -> None:
-    # Prefill dominates: 1 ms per token / speedup 10 -> a cold 400-token prompt takes 40 ms to its first token,
-    # a warm one recomputes 16 tokens (1.6 ms).
-    timing = TimingModel(step_overhead_s=0.0, prefill_token_s=1e-3, image_token_s=0.0, decode_seq_s=0.0, speedup=10)
+    # Prefill dominates: 1 ms per token / speedup 5 -> a cold 400-token prompt takes 80 ms to its first token,
+    # a warm one recomputes 16 tokens (3.2 ms).
+    timing = TimingModel(step_overhead_s=0.0, prefill_token_s=1e-3, image_token_s=0.0, decode_seq_s=0.0, speedup=5)
     engine = make_engine(timing=timing, max_num_batched_tokens=8192)
     ids = toks(400)
 
@@ -444,7 +464,7 @@ def test_cache_hit_lowers_ttft_in_realtime() -> None:
     cold, warm = run(engine, body)
     assert warm.num_cached_tokens == 384
     assert cold.ttft is not None and warm.ttft is not None
-    assert cold.ttft >= 0.04 * 0.9
+    assert cold.ttft >= 0.08 * 0.9
     assert warm.ttft * 2 < cold.ttft
 
 

@@ -228,8 +228,9 @@ def test_hub_step_used_when_online(
     assert geo.source == f"hub:{downloaded / CONFIG_FILE}"
     assert geo.family.name == "llava"
     assert geo.num_tokens(10, 10) == 256  # (224 // 14) ** 2
-    assert calls == [{"repo_id": "acme/clip-thing", "filename": CONFIG_FILE, "cache_dir": empty_cache,
-                      "etag_timeout": 5}]
+    assert calls == [
+        {"repo_id": "acme/clip-thing", "filename": CONFIG_FILE, "cache_dir": empty_cache, "etag_timeout": 5}
+    ]
 
 
 def test_hub_failure_is_reported(monkeypatch: pytest.MonkeyPatch, empty_cache: str) -> None:
@@ -253,7 +254,9 @@ def test_memoization_returns_same_object(empty_cache: str) -> None:
     assert a is b
     c = resolve_geometry("Qwen/Qwen2.5-VL-7B-Instruct", cache_dir=empty_cache, overrides={"max_pixels": 1003520})
     assert c is not a
-    assert resolve_geometry("Qwen/Qwen2.5-VL-7B-Instruct", cache_dir=empty_cache, overrides={"max_pixels": 1003520}) is c
+    assert (
+        resolve_geometry("Qwen/Qwen2.5-VL-7B-Instruct", cache_dir=empty_cache, overrides={"max_pixels": 1003520}) is c
+    )
     clear_cache()
     assert resolve_geometry("Qwen/Qwen2.5-VL-7B-Instruct", cache_dir=empty_cache) is not a
 
@@ -295,7 +298,7 @@ def test_family_inferred_from_image_processor_type(
 
 def test_unrecognised_processor_type_asks_for_family(tmp_path_factory: pytest.TempPathFactory) -> None:
     model_dir = neutral_dir(tmp_path_factory, {"image_processor_type": "SiglipImageProcessor"})
-    with pytest.raises(GeometryNotFoundError, match="SiglipImageProcessor.*--mm-family"):
+    with pytest.raises(GeometryNotFoundError, match=r"SiglipImageProcessor.*--mm-family"):
         resolve_geometry(str(model_dir))
     # An explicit family resolves it, reading what the file says for that family.
     geo = resolve_geometry(str(model_dir), family="llava")
@@ -350,11 +353,14 @@ def test_file_omissions_fall_back_to_family_defaults(tmp_path_factory: pytest.Te
 
 
 def test_llava_crop_size_and_pinpoints_from_file(tmp_path_factory: pytest.TempPathFactory) -> None:
-    clip = neutral_dir(tmp_path_factory, {"image_processor_type": "CLIPImageProcessor",
-                                          "crop_size": {"height": 224, "width": 224}})
+    clip = neutral_dir(
+        tmp_path_factory, {"image_processor_type": "CLIPImageProcessor", "crop_size": {"height": 224, "width": 224}}
+    )
     assert resolve_geometry(str(clip)).num_tokens(50, 50) == 256  # (224 // 14) ** 2
-    nxt = neutral_dir(tmp_path_factory, {"image_processor_type": "LlavaNextImageProcessor",
-                                         "crop_size": 336, "image_grid_pinpoints": [[336, 336]]})
+    nxt = neutral_dir(
+        tmp_path_factory,
+        {"image_processor_type": "LlavaNextImageProcessor", "crop_size": 336, "image_grid_pinpoints": [[336, 336]]},
+    )
     geo = resolve_geometry(str(nxt))
     assert geo.config["image_grid_pinpoints"] == ((336, 336),)
     # Single 336x336 pinpoint, 640x480: cur 24x24, new_h = 18 -> 576 + 18*24 + 18 = 1026.

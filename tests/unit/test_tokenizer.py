@@ -29,7 +29,7 @@ def chunk_id(raw: bytes) -> int:
 
 def test_special_ids_are_dense_and_in_order() -> None:
     assert [SPECIAL_IDS[t] for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
-    assert EOS_TOKEN_ID == SPECIAL_IDS["<|im_end|>"]
+    assert SPECIAL_IDS["<|im_end|>"] == EOS_TOKEN_ID
 
 
 def test_single_letter_id() -> None:

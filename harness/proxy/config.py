@@ -1,0 +1,145 @@
+"""Command line of the proxy: ``python -m harness.proxy --model NAME --workers URL [URL ...] --port P``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.mm.hashing import DEFAULT_BLOCK_SIZE
+from harness.proxy.policies import POLICIES
+
+
+@dataclass
+class ProxyConfig:
+    model: str
+    workers: list[str]
+    port: int
+    host: str = "127.0.0.1"
+    policy: str = "kv_mm"
+    block_size: int = DEFAULT_BLOCK_SIZE
+    # Cost weights
+    overlap_weight: float = 1.0
+    prefill_load_weight: float = 1.0
+    running_weight: float = 16.0
+    # KV index
+    index_capacity_blocks: int = 200_000
+    index_ttl_s: float = 600.0
+    kv_events: dict[str, str] = field(default_factory=dict)
+    event_prediction_ttl_s: float = 5.0
+    # Geometry (as the workers')
+    mm_family: str | None = None
+    preprocessor_config: str | None = None
+    mm_processor_kwargs: dict = field(default_factory=dict)
+    # Images
+    allowed_media_hosts: tuple[str, ...] = ("loopback",)
+    asset_dir: Path | None = None
+    inline_assets: bool = False
+    max_image_bytes: int = 20 * 1024 * 1024
+    media_fetch_timeout: float = 5.0
+    # LoRA
+    adapter_dir: Path | None = None
+    adapter_registry: dict[str, dict] = field(default_factory=dict)
+    max_lora_rank: int = 64
+    max_loras_per_worker: int = 4
+    lora_spill_running: int = 32
+    # Workers and faults
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 2.0
+    connect_timeout_s: float = 2.0
+    request_timeout_s: float = 600.0
+    max_attempts: int = 3
+    seed: int | None = None
+    log_level: str = "info"
+    disable_log_requests: bool = False
+
+
+def _kv_events(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        url, sep, endpoint = item.partition("=")
+        if not sep or not url or not endpoint.startswith("tcp://"):
+            raise argparse.ArgumentTypeError(f"--kv-events expects WORKER_URL=tcp://HOST:PORT, got {item!r}")
+        out[url.rstrip("/")] = endpoint
+    return out
+
+
+def _json_object(flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{flag}: expected a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ProxyConfig(model="", workers=[], port=0)
+    p = argparse.ArgumentParser(prog="python -m harness.proxy", description="Multimodal-aware KV routing proxy.")
+    p.add_argument("--model", required=True, help="served base model name (as the workers serve it)")
+    p.add_argument("--workers", nargs="+", required=True, metavar="URL")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--policy", choices=POLICIES, default=d.policy)
+    p.add_argument("--block-size", type=int, default=d.block_size, help="the workers' KV block size")
+    w = p.add_argument_group("cost weights (kv policies)")
+    w.add_argument("--overlap-weight", type=float, default=d.overlap_weight,
+                   help="cost per prompt token the worker would have to prefill")
+    w.add_argument("--prefill-load-weight", type=float, default=d.prefill_load_weight,
+                   help="cost per prefill token already in flight on the worker")
+    w.add_argument("--running-weight", type=float, default=d.running_weight,
+                   help="cost per running request on the worker, in tokens")
+    k = p.add_argument_group("KV index")
+    k.add_argument("--index-capacity-blocks", type=int, default=d.index_capacity_blocks)
+    k.add_argument("--index-ttl", dest="index_ttl_s", type=float, default=d.index_ttl_s)
+    k.add_argument("--kv-events", nargs="+", default=[], metavar="URL=ENDPOINT",
+                   help="subscribe to a worker's KV events (ZMQ), e.g. http://127.0.0.1:8001=tcp://127.0.0.1:5557")
+    k.add_argument("--event-prediction-ttl", dest="event_prediction_ttl_s", type=float,
+                   default=d.event_prediction_ttl_s)
+    m = p.add_argument_group("multimodal")
+    m.add_argument("--mm-family", default=None)
+    m.add_argument("--preprocessor-config", default=None)
+    m.add_argument("--mm-processor-kwargs", default="{}")
+    m.add_argument("--allowed-media-hosts", nargs="+", default=list(d.allowed_media_hosts))
+    m.add_argument("--asset-dir", type=Path, default=None)
+    m.add_argument("--inline-assets", action="store_true",
+                   help="rewrite mmfile:// references to data URLs before forwarding (for real vLLM workers)")
+    m.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)
+    m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)
+    lo = p.add_argument_group("LoRA")
+    lo.add_argument("--adapter-dir", type=Path, default=None, help="adapters as <dir>/<name>/")
+    lo.add_argument("--adapter-registry", default=None, help="JSON file: {name: {path, base_model}}")
+    lo.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
+    lo.add_argument("--max-loras-per-worker", type=int, default=d.max_loras_per_worker)
+    lo.add_argument("--lora-spill-running", type=int, default=d.lora_spill_running,
+                    help="route an adapter to a worker without it once all holders run this many requests")
+    f = p.add_argument_group("workers and faults")
+    f.add_argument("--health-interval", dest="health_interval_s", type=float, default=d.health_interval_s)
+    f.add_argument("--health-timeout", dest="health_timeout_s", type=float, default=d.health_timeout_s)
+    f.add_argument("--connect-timeout", dest="connect_timeout_s", type=float, default=d.connect_timeout_s)
+    f.add_argument("--request-timeout", dest="request_timeout_s", type=float, default=d.request_timeout_s)
+    f.add_argument("--max-attempts", type=int, default=d.max_attempts)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--disable-log-requests", action="store_true")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
+    ns = build_parser().parse_args(argv)
+    values = vars(ns)
+    values["workers"] = [u.rstrip("/") for u in values["workers"]]
+    values["kv_events"] = _kv_events(values["kv_events"])
+    unknown = set(values["kv_events"]) - set(values["workers"])
+    if unknown:
+        raise SystemExit(f"--kv-events names workers not in --workers: {', '.join(sorted(unknown))}")
+    values["mm_processor_kwargs"] = _json_object("--mm-processor-kwargs", values["mm_processor_kwargs"])
+    registry = values.pop("adapter_registry")
+    values["adapter_registry"] = (
+        _json_object("--adapter-registry", Path(registry).read_text()) if registry else {}
+    )
+    values["allowed_media_hosts"] = tuple(values["allowed_media_hosts"])
+    return ProxyConfig(**values)

@@ -1,0 +1,75 @@
+"""Per-worker indexes of which prefix blocks a worker is believed to hold.
+
+``PredictedIndex`` learns only from the proxy's own decisions: routing a request to a worker predicts that the
+worker will cache the request's blocks, for at most ``ttl_s`` and ``capacity`` blocks (LRU), since the worker
+evicts on its own schedule. ``EventIndex`` is exact: it mirrors the worker's BlockStored / BlockRemoved /
+AllBlocksCleared events. A worker with events uses both, so blocks of requests still in flight (not yet
+announced by events) count too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+
+from harness.sim.kv_cache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+
+
+class PredictedIndex:
+    def __init__(self, capacity: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._expiry: OrderedDict[int, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def insert(self, hashes: Iterable[int]) -> None:
+        expiry = self.clock() + self.ttl_s
+        entries = self._expiry
+        for h in hashes:
+            entries[h] = expiry
+            entries.move_to_end(h)
+        while len(entries) > self.capacity:
+            entries.popitem(last=False)
+
+    def match(self, hashes: Sequence[int]) -> int:
+        """Number of leading ``hashes`` present and unexpired."""
+        now = self.clock()
+        entries = self._expiry
+        n = 0
+        for h in hashes:
+            expiry = entries.get(h)
+            if expiry is None or expiry < now:
+                break
+            n += 1
+        return n
+
+    def clear(self) -> None:
+        self._expiry.clear()
+
+
+class EventIndex:
+    def __init__(self) -> None:
+        self.blocks: set[int] = set()
+        self.events = 0
+
+    def apply(self, events: Iterable[KVEvent]) -> None:
+        for event in events:
+            self.events += 1
+            if isinstance(event, BlockStored):
+                self.blocks.update(event.block_hashes)
+            elif isinstance(event, BlockRemoved):
+                self.blocks.difference_update(event.block_hashes)
+            elif isinstance(event, AllBlocksCleared):
+                self.blocks.clear()
+
+    def match(self, hashes: Sequence[int]) -> int:
+        n = 0
+        for h in hashes:
+            if h not in self.blocks:
+                break
+            n += 1
+        return n
