@@ -86,27 +86,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=POLICIES, default=d.policy)
     p.add_argument("--block-size", type=int, default=d.block_size, help="the workers' KV block size")
     w = p.add_argument_group("cost weights (kv policies)")
-    w.add_argument("--overlap-weight", type=float, default=d.overlap_weight,
-                   help="cost per prompt token the worker would have to prefill")
-    w.add_argument("--prefill-load-weight", type=float, default=d.prefill_load_weight,
-                   help="cost per prefill token already in flight on the worker")
-    w.add_argument("--running-weight", type=float, default=d.running_weight,
-                   help="cost per running request on the worker, in tokens")
+    w.add_argument(
+        "--overlap-weight",
+        type=float,
+        default=d.overlap_weight,
+        help="cost per prompt token the worker would have to prefill",
+    )
+    w.add_argument(
+        "--prefill-load-weight",
+        type=float,
+        default=d.prefill_load_weight,
+        help="cost per prefill token already in flight on the worker",
+    )
+    w.add_argument(
+        "--running-weight",
+        type=float,
+        default=d.running_weight,
+        help="cost per running request on the worker, in tokens",
+    )
     k = p.add_argument_group("KV index")
     k.add_argument("--index-capacity-blocks", type=int, default=d.index_capacity_blocks)
     k.add_argument("--index-ttl", dest="index_ttl_s", type=float, default=d.index_ttl_s)
-    k.add_argument("--kv-events", nargs="+", default=[], metavar="URL=ENDPOINT",
-                   help="subscribe to a worker's KV events (ZMQ), e.g. http://127.0.0.1:8001=tcp://127.0.0.1:5557")
-    k.add_argument("--event-prediction-ttl", dest="event_prediction_ttl_s", type=float,
-                   default=d.event_prediction_ttl_s)
+    k.add_argument(
+        "--kv-events",
+        nargs="+",
+        default=[],
+        metavar="URL=ENDPOINT",
+        help="subscribe to a worker's KV events (ZMQ), e.g. http://127.0.0.1:8001=tcp://127.0.0.1:5557",
+    )
+    k.add_argument(
+        "--event-prediction-ttl", dest="event_prediction_ttl_s", type=float, default=d.event_prediction_ttl_s
+    )
     m = p.add_argument_group("multimodal")
     m.add_argument("--mm-family", default=None)
     m.add_argument("--preprocessor-config", default=None)
     m.add_argument("--mm-processor-kwargs", default="{}")
     m.add_argument("--allowed-media-hosts", nargs="+", default=list(d.allowed_media_hosts))
     m.add_argument("--asset-dir", type=Path, default=None)
-    m.add_argument("--inline-assets", action="store_true",
-                   help="rewrite mmfile:// references to data URLs before forwarding (for real vLLM workers)")
+    m.add_argument(
+        "--inline-assets",
+        action="store_true",
+        help="rewrite mmfile:// references to data URLs before forwarding (for real vLLM workers)",
+    )
     m.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)
     m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)
     lo = p.add_argument_group("LoRA")
@@ -114,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--adapter-registry", default=None, help="JSON file: {name: {path, base_model}}")
     lo.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
     lo.add_argument("--max-loras-per-worker", type=int, default=d.max_loras_per_worker)
-    lo.add_argument("--lora-spill-running", type=int, default=d.lora_spill_running,
-                    help="route an adapter to a worker without it once all holders run this many requests")
+    lo.add_argument(
+        "--lora-spill-running",
+        type=int,
+        default=d.lora_spill_running,
+        help="route an adapter to a worker without it once all holders run this many requests",
+    )
     f = p.add_argument_group("workers and faults")
     f.add_argument("--health-interval", dest="health_interval_s", type=float, default=d.health_interval_s)
     f.add_argument("--health-timeout", dest="health_timeout_s", type=float, default=d.health_timeout_s)
@@ -138,8 +163,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
         raise SystemExit(f"--kv-events names workers not in --workers: {', '.join(sorted(unknown))}")
     values["mm_processor_kwargs"] = _json_object("--mm-processor-kwargs", values["mm_processor_kwargs"])
     registry = values.pop("adapter_registry")
-    values["adapter_registry"] = (
-        _json_object("--adapter-registry", Path(registry).read_text()) if registry else {}
-    )
+    values["adapter_registry"] = _json_object("--adapter-registry", Path(registry).read_text()) if registry else {}
     values["allowed_media_hosts"] = tuple(values["allowed_media_hosts"])
     return ProxyConfig(**values)

@@ -13,31 +13,48 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.decisions = Counter("harness_proxy_routing_decisions", "Routing decisions.", ("worker", "policy"),
-                                 registry=r)
-        self.overlap_ratio = Histogram("harness_proxy_overlap_ratio", "Predicted overlap / total blocks.",
-                                       ("policy",), buckets=RATIO_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("harness_proxy_prompt_tokens", "Prompt tokens of routed requests.",
-                                     registry=r)
-        self.predicted_cached_tokens = Counter("harness_proxy_predicted_cached_tokens",
-                                               "Prompt tokens predicted to hit the chosen worker's cache.",
-                                               registry=r)
-        self.predicted_hit_rate = Gauge("harness_proxy_predicted_hit_rate",
-                                        "Predicted cached tokens / prompt tokens since start.", registry=r)
+        self.decisions = Counter(
+            "harness_proxy_routing_decisions", "Routing decisions.", ("worker", "policy"), registry=r
+        )
+        self.overlap_ratio = Histogram(
+            "harness_proxy_overlap_ratio",
+            "Predicted overlap / total blocks.",
+            ("policy",),
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("harness_proxy_prompt_tokens", "Prompt tokens of routed requests.", registry=r)
+        self.predicted_cached_tokens = Counter(
+            "harness_proxy_predicted_cached_tokens",
+            "Prompt tokens predicted to hit the chosen worker's cache.",
+            registry=r,
+        )
+        self.predicted_hit_rate = Gauge(
+            "harness_proxy_predicted_hit_rate", "Predicted cached tokens / prompt tokens since start.", registry=r
+        )
         self.predicted_hit_rate.set_function(self._hit_rate)
-        self.requests = Counter("harness_proxy_requests", "Requests answered, by status.", ("status",),
-                                registry=r)
-        self.retries = Counter("harness_proxy_retries", "Requests re-sent to another worker.", ("reason",),
-                               registry=r)
-        self.worker_healthy = Gauge("harness_proxy_worker_healthy", "1 if the worker passes health checks.",
-                                    ("worker",), registry=r)
-        self.worker_running = Gauge("harness_proxy_worker_running", "Requests in flight on the worker.",
-                                    ("worker",), registry=r)
-        self.lora_cold = Histogram("harness_proxy_lora_cold_path_seconds", "Adapter cold path, by phase.",
-                                   ("phase",), buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("harness_proxy_requests", "Requests answered, by status.", ("status",), registry=r)
+        self.retries = Counter("harness_proxy_retries", "Requests re-sent to another worker.", ("reason",), registry=r)
+        self.worker_healthy = Gauge(
+            "harness_proxy_worker_healthy", "1 if the worker passes health checks.", ("worker",), registry=r
+        )
+        self.worker_running = Gauge(
+            "harness_proxy_worker_running", "Requests in flight on the worker.", ("worker",), registry=r
+        )
+        self.lora_cold = Histogram(
+            "harness_proxy_lora_cold_path_seconds",
+            "Adapter cold path, by phase.",
+            ("phase",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.kv_events = Counter("harness_proxy_kv_events", "KV events consumed.", ("worker",), registry=r)
-        self.added_latency = Histogram("harness_proxy_overhead_seconds", "Time spent in the proxy before forwarding.",
-                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.added_latency = Histogram(
+            "harness_proxy_overhead_seconds",
+            "Time spent in the proxy before forwarding.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def _hit_rate(self) -> float:
         total = self.prompt_tokens._value.get()

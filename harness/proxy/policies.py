@@ -26,6 +26,8 @@ class Candidate:
     running: int = 0
     active_prefill_tokens: int = 0
     overlap_blocks: int = 0
+    #: Blocks the worker is believed to cache in all; among equals, new content goes where there is least.
+    cached_blocks: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,5 +82,9 @@ class Router:
             return min(ordered, key=lambda c: (c.running, c.active_prefill_tokens))
         return min(
             ordered,
-            key=lambda c: (kv_cost(c, total_blocks, block_size, prompt_tokens, self.weights), c.running),
+            key=lambda c: (
+                kv_cost(c, total_blocks, block_size, prompt_tokens, self.weights),
+                c.running,
+                c.cached_blocks,
+            ),
         )
