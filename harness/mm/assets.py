@@ -71,6 +71,9 @@ class AssetStore:
 
     def read(self, ref: str, max_bytes: int) -> bytes:
         path = self.path_of(ref)
+        # Verify against the digest the reference names, not the resolved file's name: a symlink inside src/
+        # to another asset must not serve that asset's bytes under this name.
+        expected = ref.removeprefix(SCHEME)[:64]
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -79,10 +82,10 @@ class AssetStore:
             raise AssetError(f"asset {ref} is larger than the limit of {max_bytes} bytes", status=413)
         data = path.read_bytes()
         stamp = (st.st_mtime, st.st_size)
-        if self._verified.get(path.name) != stamp:
-            if hashlib.sha256(data).hexdigest() != path.name:
+        if self._verified.get(expected) != stamp:
+            if hashlib.sha256(data).hexdigest() != expected:
                 raise AssetError(f"asset {ref} failed verification: content does not match its hash", 409)
-            self._verified[path.name] = stamp
+            self._verified[expected] = stamp
         return data
 
     def derived_path(self, name: str) -> Path:

@@ -110,6 +110,8 @@ class AdapterCatalog:
             cfg = json.loads(config.read_text())
         except (OSError, ValueError) as exc:
             raise AdapterError(name, base, f"unreadable {CONFIG_FILE}: {exc}") from None
+        if not isinstance(cfg, dict):
+            raise AdapterError(name, base, f"{CONFIG_FILE} is not a JSON object")
         own_base = cfg.get("base_model_name_or_path")
         declared = (self.registry.get(name) or {}).get("base_model")
         if declared and own_base and declared != own_base:
@@ -120,6 +122,7 @@ class AdapterCatalog:
                 CONFIG_FILE,
                 own_base,
             )
+        own_base = own_base or declared  # a file that names no base defers to the registry entry
         if own_base and own_base != base:
             raise AdapterError(name, base, f"it was trained for base model {own_base!r}")
         if cfg.get("use_dora"):

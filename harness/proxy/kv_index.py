@@ -29,7 +29,10 @@ class PredictedIndex:
     def insert(self, hashes: Iterable[int]) -> None:
         expiry = self.clock() + self.ttl_s
         entries = self._expiry
-        for h in hashes:
+        # Last block first, so a request's leading blocks end up most recent and are evicted last: a prefix
+        # index is useless without the head of the prefix (vLLM frees a request's blocks in reverse for the
+        # same reason), and a prefix shared by many requests stays in.
+        for h in reversed(list(hashes)):
             entries[h] = expiry
             entries.move_to_end(h)
         while len(entries) > self.capacity:

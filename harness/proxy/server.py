@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.kv_events import EventSubscriber
@@ -364,7 +365,7 @@ class Proxy:
         out: web.StreamResponse | None = None
         try:
             async with self.session.post(f"{w.url}{path}", data=data, headers=headers, timeout=timeout) as resp:
-                reply_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
+                reply_headers = CIMultiDict((k, v) for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS)
                 reply_headers[REQUEST_ID_HEADER] = rid
                 reply_headers.setdefault(SERVED_BY_HEADER, w.name)
                 if stream and resp.status == 200:

@@ -625,7 +625,11 @@ async def completions_render(request: web.Request) -> web.Response:
 
 
 async def reset_prefix_cache(request: web.Request) -> web.Response:
-    return json_response({"success": request.app[WORKER].pool.reset()})
+    w = request.app[WORKER]
+    success = w.pool.reset()
+    if w.publisher is not None:
+        w.publisher.flush()  # outside an engine step: nothing else would send AllBlocksCleared
+    return json_response({"success": success})
 
 
 async def load_lora(request: web.Request) -> web.Response:
