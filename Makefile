@@ -20,8 +20,10 @@ run: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 tests
 
+# Benchmarks: the simulated worker's req/s, then the proxy's added latency, capacity and memory (~3 min).
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/sim_worker_rps.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/proxy_overhead.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check harness tests benchmarks

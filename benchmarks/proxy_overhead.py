@@ -3,13 +3,14 @@
 One run, the same two simulated workers (--speedup 0) behind every front door:
 
 1. Added latency. Requests are sent one at a time (concurrency 1, after a warm-up), so the figures are latency,
-   not queueing: a short text chat, and a chat with one 512x512 PNG as a base64 data URL (the same image each
-   time, the normal case of a repeated asset). Front doors: direct to worker 0, harness proxy (kv_mm and
-   round_robin), vllm-router (round_robin and cache_aware). Targets for the harness proxy: added p50 < 1 ms
+   not queueing: a short text chat, and a chat with one 512x512 PNG as a base64 data URL, once a solid colour
+   (~2 KB) and once photo-sized (gradients plus noise, ~370 KB), the same image every time (the normal case of a
+   repeated asset). Front doors: direct to worker 0, harness proxy (kv_mm and round_robin), vllm-router
+   (round_robin and cache_aware; skipped when not installed). Targets for the harness proxy: added p50 < 1 ms
    for text and < 2 ms with one image. "direct (again)" repeats the direct run at the end: its difference to
    the first is the run-to-run noise floor.
-2. Capacity. Closed loop at concurrency 32 for a few seconds, text and image, harness proxy (kv_mm) next to
-   direct-to-worker.
+2. Capacity. Closed loop at concurrency 32 for a few seconds, the same three kinds, harness proxy (kv_mm) next
+   to direct-to-worker.
 3. Memory. 10,000 image requests, each with a distinct 512x512 PNG, to a fresh kv_mm proxy; its resident set
    (VmRSS) is sampled every 1,000 requests. The proxy keeps bounded memos (ImageResolver: 4,096 entries) and a
    bounded per-worker PredictedIndex (--index-capacity-blocks, 200,000 blocks each), so some bounded growth is
@@ -28,26 +29,32 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
+import inspect
 import io
 import os
+import random
 import shutil
+import statistics
 import struct
 import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from PIL import Image
+from PIL import Image, ImageChops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.load.closed_loop import LoadResult, closed_loop
+from harness.mm.resolver import ImageResolver
 from harness.ports import allocate_ports, release_ports
 from harness.procs import ManagedProcess, spawn, wait_http_ready
+from harness.proxy.config import ProxyConfig
 from harness.sim.process import WorkerHandle, start_workers, stop_workers, worker_env
 
 MODEL = "Qwen/Qwen3-VL-2B-Instruct"
@@ -61,8 +68,10 @@ WORKER_ARGS = [
     "--disable-log-requests",
 ]
 #: Added p50 latency targets for the harness proxy, in ms.
-TARGETS_MS = {"text": 1.0, "image": 2.0}
+TARGETS_MS = {"text": 1.0, "image": 2.0}  # by the kind's first word
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROXY_INDEX_CAPACITY = ProxyConfig(model="", workers=[], port=0).index_capacity_blocks
+MEMO_SIZE = inspect.signature(ImageResolver).parameters["memo_size"].default
 
 
 # -- request bodies ------------------------------------------------------------------------------------------
@@ -103,10 +112,30 @@ def image_body(url: str) -> dict:
     return body([{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What colour is it?"}])
 
 
+def photo_like_png(seed: int = 0) -> bytes:
+    """512x512 gradients plus low-amplitude noise: about the size of a PNG photo (~370 KB)."""
+    rng = random.Random(seed)
+    g = Image.linear_gradient("L").resize((512, 512))
+    chans = [g, g.rotate(90), g.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    noisy = [
+        ImageChops.add(c, Image.frombytes("L", c.size, rng.randbytes(512 * 512)).point(lambda v: v >> 5)) for c in chans
+    ]
+    buf = io.BytesIO()
+    Image.merge("RGB", noisy).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@functools.cache
 def kinds() -> dict[str, Callable[[int], dict]]:
+    """Request kinds of the latency and capacity tests: the same body every time (a repeated asset)."""
     text = body("Summarise the benefits of prefix caching in one sentence.")
-    image = image_body(data_url(rgb_png((0, 180, 0))))
-    return {"text": lambda i: text, "image": lambda i: image}
+    solid, photo = rgb_png((0, 180, 0)), photo_like_png()
+    small, large = image_body(data_url(solid)), image_body(data_url(photo))
+    return {
+        "text": lambda i: text,
+        f"image, solid PNG {len(solid) / 1e3:.1f} KB": lambda i: small,
+        f"image, photo-sized PNG {len(photo) / 1e3:.0f} KB": lambda i: large,
+    }
 
 
 def distinct_image(i: int) -> dict:
@@ -139,9 +168,17 @@ def proc_status(pid: int, field_name: str) -> str:
     return "?"
 
 
-def rss_kib(pid: int) -> int:
-    value = proc_status(pid, "VmRSS")
+def vm_kib(pid: int, name: str) -> int:
+    """VmRSS, VmHWM, ... of ``pid`` in KiB (-1 when unreadable)."""
+    value = proc_status(pid, name)
     return int(value.split()[0]) if value[:1].isdigit() else -1
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -177,10 +214,12 @@ def router_binary() -> str | None:
     return str(local) if local.exists() else shutil.which("vllm-router")
 
 
-def start_proxy(policy: str, workers: list[WorkerHandle], log_dir: Path, mask: set[int] | None) -> FrontDoor:
+def start_proxy(
+    policy: str, workers: list[WorkerHandle], log_dir: Path, mask: set[int] | None, extra: Sequence[str] = ()
+) -> FrontDoor:
     (port,) = allocate_ports(1)
     argv = [sys.executable, "-m", "harness.proxy", "--model", MODEL, "--workers", *[w.url for w in workers]]
-    argv += ["--port", str(port), "--policy", policy, "--disable-log-requests"]
+    argv += ["--port", str(port), "--policy", policy, "--disable-log-requests", *extra]
     with cpus(mask):
         proc = spawn(f"proxy-{policy}", argv, log_dir / f"proxy-{policy}-{port}.log", env=worker_env())
     door = FrontDoor(f"harness proxy {policy}", f"http://127.0.0.1:{port}", [proc], [port])
@@ -218,71 +257,213 @@ def run_loop(url: str, make: Callable[[int], dict], *, concurrency: int, n: int 
 
 
 @dataclass
-class LatencyRow:
-    name: str
-    results: dict[str, LoadResult]
-    cpu_us: dict[str, float]  # front door CPU per request, by kind
+class Setup:
+    workers: list[WorkerHandle]
+    log_dir: Path
+    server_cpus: set[int] | None
+    router: str | None
+
+    @property
+    def direct(self) -> FrontDoor:
+        return FrontDoor("direct (worker0)", self.workers[0].url)
+
+    def proxy(self, policy: str, *extra: str) -> FrontDoor:
+        return start_proxy(policy, self.workers, self.log_dir, self.server_cpus, extra)
 
 
-def measure_latency(door: FrontDoor, requests: int, warmup: int) -> LatencyRow:
-    results: dict[str, LoadResult] = {}
-    cpu_us: dict[str, float] = {}
-    for kind, make in kinds().items():
-        run_loop(door.url, make, concurrency=1, n=warmup, duration=600)
-        c0 = cpu_seconds(door.pid) if door.pid else float("nan")
-        results[kind] = run_loop(door.url, make, concurrency=1, n=requests, duration=600)
-        c1 = cpu_seconds(door.pid) if door.pid else float("nan")
-        cpu_us[kind] = (c1 - c0) / max(results[kind].ok, 1) * 1e6
-    return LatencyRow(door.name, results, cpu_us)
+@contextlib.contextmanager
+def running(door: FrontDoor) -> Iterator[FrontDoor]:
+    try:
+        yield door
+    finally:
+        door.stop()
 
 
 def ms(seconds: float) -> float:
     return seconds * 1e3
 
 
+def per_request_us(cpu_s: float, r: LoadResult) -> float:
+    return cpu_s / max(r.ok, 1) * 1e6
+
+
+# -- 1. added latency ----------------------------------------------------------------------------------------
+@dataclass
+class LatencyRow:
+    name: str
+    results: dict[str, LoadResult]
+    cpu_us: dict[str, float | None]  # front door CPU per request, by kind (None: not measured)
+
+
+def measure_latency(door: FrontDoor, requests: int, warmup: int, name: str | None = None) -> LatencyRow:
+    results: dict[str, LoadResult] = {}
+    cpu_us: dict[str, float | None] = {}
+    for kind, make in kinds().items():
+        run_loop(door.url, make, concurrency=1, n=warmup, duration=600)
+        c0 = cpu_seconds(door.pid) if door.pid else 0.0
+        results[kind] = run_loop(door.url, make, concurrency=1, n=requests, duration=600)
+        cpu_us[kind] = per_request_us(cpu_seconds(door.pid) - c0, results[kind]) if door.pid else None
+    return LatencyRow(name or door.name, results, cpu_us)
+
+
 def latency_table(rows: list[LatencyRow], kind: str) -> list[str]:
     base = rows[0].results[kind]
     b50, b99 = base.percentile(50), base.percentile(99)
-    target = TARGETS_MS[kind]
+    target = TARGETS_MS[kind.split(",")[0]]
     out = [
-        f"  {kind}: added p50 target for the harness proxy < {target:.0f} ms",
+        f"  {kind} (target for the harness proxy: added p50 < {target:.0f} ms)",
         f"  {'front door':26s} {'p50 ms':>7s} {'p99 ms':>7s} {'mean ms':>7s} {'+p50 ms':>8s} {'+p99 ms':>8s}"
         f" {'door CPU us/req':>15s} {'errors':>6s}  verdict",
     ]
     for row in rows:
         r = row.results[kind]
         p50, p99 = r.percentile(50), r.percentile(99)
-        mean = sum(r.latencies_s) / len(r.latencies_s) if r.latencies_s else float("nan")
+        mean = statistics.fmean(r.latencies_s) if r.latencies_s else float("nan")
         added50, added99 = ms(p50 - b50), ms(p99 - b99)
-        is_base = row is rows[0]
-        cpu = "" if row.cpu_us.get(kind) is None or row.cpu_us[kind] != row.cpu_us[kind] else f"{row.cpu_us[kind]:.0f}"
+        cpu = row.cpu_us[kind]
         verdict = ""
         if row.name.startswith("harness proxy"):
-            verdict = f"{'PASS' if added50 < target else 'BELOW'} ({added50:.3f} / {target:.0f} ms)"
+            verdict = f"{'PASS' if added50 < target else 'BELOW'} (+{added50:.3f} vs < {target:.0f} ms)"
+        base_row = row is rows[0]
         out.append(
             f"  {row.name:26s} {ms(p50):7.3f} {ms(p99):7.3f} {ms(mean):7.3f}"
-            f" {'-' if is_base else f'{added50:+.3f}':>8s} {'-' if is_base else f'{added99:+.3f}':>8s}"
-            f" {cpu:>15s} {r.errors:6d}  {verdict}"
+            f" {'-' if base_row else f'{added50:+.3f}':>8s} {'-' if base_row else f'{added99:+.3f}':>8s}"
+            f" {'-' if cpu is None else f'{cpu:.0f}':>15s} {r.errors:6d}  {verdict}"
         )
     return out
 
 
-def capacity_line(name: str, kind: str, r: LoadResult, direct: LoadResult | None, cpu_us: float) -> str:
-    ratio = f"{r.rps / direct.rps:5.2f}x direct" if direct is not None and direct.rps else ""
-    cpu = f"  door CPU {cpu_us:4.0f} us/req" if cpu_us == cpu_us else ""
-    return (
-        f"  {name:22s} {kind:6s} {r.rps:7.0f} req/s  p50 {ms(r.percentile(50)):6.2f} ms"
-        f"  p99 {ms(r.percentile(99)):6.2f} ms  errors {r.errors:3d}  {ratio}{cpu}"
+def phase_latency(setup: Setup, requests: int, warmup: int) -> None:
+    print(f"1. added latency, sequential (concurrency 1): {warmup} warm-up + {requests} measured requests per row")
+    rows = [measure_latency(setup.direct, requests, warmup)]
+    starters: list[Callable[[], FrontDoor]] = [lambda: setup.proxy("kv_mm"), lambda: setup.proxy("round_robin")]
+    if setup.router is not None:
+        binary = setup.router
+        for policy in ("round_robin", "cache_aware"):
+            starters.append(
+                lambda policy=policy: start_router(binary, policy, setup.workers, setup.log_dir, setup.server_cpus)
+            )
+    for start in starters:
+        with running(start()) as door:
+            rows.append(measure_latency(door, requests, warmup))
+    rows.append(measure_latency(setup.direct, requests, warmup, name="direct (again)"))
+    for kind in kinds():
+        print("\n".join(latency_table(rows, kind)))
+    print("  +p50/+p99: the row's p50/p99 minus direct's. door CPU: user+system CPU time of the front door process")
+    print("  per request. 'direct (again)' against 'direct': the run-to-run noise of these figures.")
+    if setup.router is None:
+        print("  vllm-router rows skipped: the vllm-router binary is not installed (or --no-router)")
+    print(flush=True)
+
+
+# -- 2. capacity ---------------------------------------------------------------------------------------------
+def capacity_line(name: str, kind: str, r: LoadResult, direct: LoadResult | None, cpu_us: float | None) -> str:
+    line = (
+        f"  {name:20s} {kind:32s} {r.rps:6.0f} req/s  p50 {ms(r.percentile(50)):6.2f} ms"
+        f"  p99 {ms(r.percentile(99)):6.2f} ms  errors {r.errors}"
     )
+    if direct is not None and direct.rps:
+        line += f"  {r.rps / direct.rps:4.2f}x direct"
+    if cpu_us:
+        line += f"  door CPU {cpu_us:3.0f} us/req (~{1e6 / cpu_us:4.0f} req/s per core)"
+    return line
 
 
+def phase_capacity(setup: Setup, concurrency: int, duration: float) -> None:
+    print(f"2. capacity: closed loop, concurrency {concurrency}, {duration:g} s per scenario after a 0.5 s warm-up")
+    with running(setup.proxy("kv_mm")) as proxy:
+        for kind, make in kinds().items():
+            direct: LoadResult | None = None
+            for door in (setup.direct, proxy):
+                run_loop(door.url, make, concurrency=concurrency, n=None, duration=0.5)
+                c0 = cpu_seconds(door.pid) if door.pid else 0.0
+                r = run_loop(door.url, make, concurrency=concurrency, n=None, duration=duration)
+                cpu_us = per_request_us(cpu_seconds(door.pid) - c0, r) if door.pid else None
+                print(capacity_line(door.name, kind, r, direct, cpu_us), flush=True)
+                direct = direct or r
+    where = "the server CPU" if setup.server_cpus else "any CPU"
+    print(f"  direct: one worker, alone on {where}; proxy: the proxy and both workers share {where}.")
+    print("  req/s per core: 1e6 / door CPU, the proxy's own ceiling on a core of its own.")
+    print(flush=True)
+
+
+# -- 3. memory -----------------------------------------------------------------------------------------------
 def predicted_blocks(url: str) -> int:
+    """Blocks in the proxy's PredictedIndex, over all workers (from its /workers view)."""
     try:
         return sum(int(w["predicted_blocks"]) for w in httpx.get(f"{url}/workers", timeout=5).json())
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return -1
 
 
+def phase_memory(setup: Setup, total: int, concurrency: int, step: int, index_capacity: int | None) -> None:
+    step = max(1, min(step, total))
+    extra = ("--index-capacity-blocks", str(index_capacity)) if index_capacity else ()
+    capacity = index_capacity or PROXY_INDEX_CAPACITY
+    print(
+        f"3. proxy memory: {total} requests, each with a distinct 512x512 PNG data URL, concurrency {concurrency},"
+        f" a fresh kv_mm proxy (--index-capacity-blocks {capacity})"
+    )
+    with running(setup.proxy("kv_mm", *extra)) as door:
+        pid = door.pid
+        assert pid is not None
+        print(f"  {'requests':>8s} {'VmRSS MiB':>10s} {'VmHWM MiB':>10s} {'index blocks':>13s} {'errors':>6s}")
+
+        def sample(sent: int, errors: int) -> tuple[int, int, int]:
+            kib, blocks = vm_kib(pid, "VmRSS"), predicted_blocks(door.url)
+            print(f"  {sent:8d} {kib / 1024:10.1f} {vm_kib(pid, 'VmHWM') / 1024:10.1f} {blocks:13d} {errors:6d}")
+            return sent, kib, blocks
+
+        samples = [sample(0, 0)]
+        errors = 0
+        t0 = time.perf_counter()
+        while samples[-1][0] < total:
+            sent = samples[-1][0]
+            n = min(step, total - sent)
+            r = run_loop(
+                door.url,
+                lambda i, sent=sent: distinct_image(sent + i),
+                concurrency=concurrency,
+                n=n,
+                duration=600,
+            )
+            errors += r.errors
+            samples.append(sample(sent + n, r.errors))
+        elapsed = time.perf_counter() - t0
+    print(f"  {total} requests in {elapsed:.1f} s ({total / elapsed:.0f} req/s), {errors} errors")
+    warm = next((s for s in samples if s[0] >= min(1000, total)), samples[-1])
+    last = samples[-1]
+    if last[0] <= warm[0]:
+        return
+    grew = (last[1] - warm[1]) * 1024
+    print(
+        f"  RSS after warm-up ({warm[0]} requests) {warm[1] / 1024:.1f} MiB, at the end ({last[0]})"
+        f" {last[1] / 1024:.1f} MiB: {grew / 2**20:+.1f} MiB ({grew / (warm[1] * 1024) * 100:+.1f}%),"
+        f" {grew / (last[0] - warm[0]):.0f} bytes per request"
+    )
+    mid = min(samples, key=lambda s: abs(s[0] - (warm[0] + last[0]) / 2))
+    if warm[0] < mid[0] < last[0]:
+        first = (mid[1] - warm[1]) * 1024 / (mid[0] - warm[0])
+        second = (last[1] - mid[1]) * 1024 / (last[0] - mid[0])
+        print(f"  bytes per request: {first:.0f} from {warm[0]} to {mid[0]}, {second:.0f} from {mid[0]} to {last[0]}")
+    blocks = last[2] - warm[2]
+    cap = capacity * len(setup.workers)
+    if blocks > 0 and grew > 0:
+        per_block = grew / blocks
+        ceiling = max(cap - last[2], 0) * per_block / 2**20
+        print(
+            f"  the proxy's PredictedIndex holds {last[2]} blocks ({blocks} more than after warm-up, ~{per_block:.0f}"
+            f" bytes of RSS each if all growth were the index); it is capped at {capacity} blocks per worker"
+            f" ({cap} here), so at that rate RSS can grow ~{ceiling:.0f} MiB more, then stays flat."
+        )
+    if total >= MEMO_SIZE:
+        print(f"  the image memos (ImageResolver, 2 x {MEMO_SIZE} entries) are full after {MEMO_SIZE} distinct images")
+    elif blocks == 0:
+        print(f"  the PredictedIndex is at its cap ({last[2]} blocks of {cap}): it no longer grows")
+    print(flush=True)
+
+
+# -- main ----------------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=2000, help="sequential requests per front door and kind")
@@ -290,159 +471,46 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per capacity scenario")
     ap.add_argument("--concurrency", type=int, default=32, help="clients in the capacity test")
     ap.add_argument("--rss-requests", type=int, default=10000, help="distinct-image requests in the memory test")
-    ap.add_argument("--rss-concurrency", type=int, default=16)
+    ap.add_argument("--rss-concurrency", type=int, default=16, help="clients in the memory test")
     ap.add_argument("--rss-step", type=int, default=1000, help="sample the proxy's RSS every this many requests")
+    ap.add_argument(
+        "--rss-index-capacity",
+        type=int,
+        default=None,
+        help="--index-capacity-blocks of the memory test's proxy (default: the proxy's own default)",
+    )
     ap.add_argument("--no-router", action="store_true", help="leave vllm-router out")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
-    ncpu = len(os.sched_getaffinity(0))
-    pin = ncpu >= 2
-    server_cpus = {min(os.sched_getaffinity(0))} if pin else None
-    client_cpus = set(sorted(os.sched_getaffinity(0))[1:2]) if pin else None
-    binary = None if args.no_router else router_binary()
+    allowed = sorted(os.sched_getaffinity(0))
+    pin = len(allowed) >= 2
+    server_cpus, client_cpus = ({allowed[0]}, {allowed[1]}) if pin else (None, None)
     log_dir = Path(tempfile.mkdtemp(prefix="mmharness-proxy-bench-"))
-
     with cpus(server_cpus):
         workers = start_workers(2, MODEL, log_dir, WORKER_ARGS)
-    doors: list[FrontDoor] = []
     try:
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)
-        where = (
-            f"workers and the front door under test on CPU {sorted(server_cpus)[0]} "
-            f"(worker0 Cpus_allowed_list={proc_status(workers[0].proc.pid, 'Cpus_allowed_list')}), "
-            f"load generator on CPU {sorted(client_cpus)[0]}"
-            if pin
-            else "not pinned (fewer than two CPUs)"
-        )
-        print(f"proxy overhead benchmark: 2 simulated workers {MODEL}, --speedup 0; logs in {log_dir}")
-        print(f"pinning: {where}")
-        print("harness proxy runs with --disable-log-requests (its [ROUTING] record is still logged, at info)")
-        if binary is None:
-            print("NOTE: vllm-router is not installed (or --no-router): its rows are skipped")
-        print(flush=True)
-
-        # 1. added latency --------------------------------------------------------------------------------------
-        print(f"1. added latency, sequential (concurrency 1): {args.warmup} warm-up + {args.requests} requests each")
-        direct = FrontDoor("direct (worker0)", workers[0].url)
-        rows = [measure_latency(direct, args.requests, args.warmup)]
-        starters: list[Callable[[], FrontDoor]] = [
-            lambda: start_proxy("kv_mm", workers, log_dir, server_cpus),
-            lambda: start_proxy("round_robin", workers, log_dir, server_cpus),
-        ]
-        if binary is not None:
-            starters += [
-                lambda: start_router(binary, "round_robin", workers, log_dir, server_cpus),
-                lambda: start_router(binary, "cache_aware", workers, log_dir, server_cpus),
-            ]
-        for start in starters:
-            door = start()
-            doors.append(door)
-            try:
-                rows.append(measure_latency(door, args.requests, args.warmup))
-            finally:
-                door.stop()
-                doors.remove(door)
-        again = measure_latency(direct, args.requests, args.warmup)
-        again.name = "direct (again)"
-        rows.append(again)
-        for kind in kinds():
-            print("\n".join(latency_table(rows, kind)))
-        print(
-            "  (+p50/+p99: the front door's p50/p99 minus direct's; door CPU: the front door process's user+system"
-            " CPU time per request)",
-            flush=True,
-        )
-        print()
-
-        # 2. capacity -------------------------------------------------------------------------------------------
-        print(f"2. capacity: closed loop, concurrency {args.concurrency}, {args.duration:g} s per scenario")
-        door = start_proxy("kv_mm", workers, log_dir, server_cpus)
-        doors.append(door)
-        try:
-            for kind, make in kinds().items():
-                results: dict[str, LoadResult] = {}
-                for name, target, pid in (("direct (worker0)", direct.url, None), (door.name, door.url, door.pid)):
-                    run_loop(target, make, concurrency=args.concurrency, n=None, duration=0.5)  # warm-up
-                    c0 = cpu_seconds(pid) if pid else float("nan")
-                    r = run_loop(target, make, concurrency=args.concurrency, n=None, duration=args.duration)
-                    cpu_us = ((cpu_seconds(pid) - c0) / max(r.ok, 1) * 1e6) if pid else float("nan")
-                    results[name] = r
-                    print(capacity_line(name, kind, r, results.get("direct (worker0)") if pid else None, cpu_us))
+        setup = Setup(workers, log_dir, server_cpus, None if args.no_router else router_binary())
+        print(f"proxy overhead: 2 simulated workers, {MODEL}, {' '.join(WORKER_ARGS)}")
+        if pin:
             print(
-                "  (direct: one worker on the server CPU; proxy: proxy + two workers sharing the same CPU)", flush=True
+                f"pinned: both workers and the front door under test on CPU {allowed[0]} (worker0 Cpus_allowed_list"
+                f" {proc_status(workers[0].proc.pid, 'Cpus_allowed_list')}), the load generator (this process) on"
+                f" CPU {allowed[1]}"
             )
-        finally:
-            door.stop()
-            doors.remove(door)
+        else:
+            print("not pinned: fewer than two CPUs are available")
+        print(f"harness proxy: --disable-log-requests (the [ROUTING] record is still logged); logs in {log_dir}")
+        print(f"load average at start: {loadavg()}", flush=True)
         print()
-
-        # 3. memory ---------------------------------------------------------------------------------------------
-        step = max(1, min(args.rss_step, args.rss_requests))
-        print(
-            f"3. proxy memory: {args.rss_requests} requests, each a distinct 512x512 PNG data URL, "
-            f"concurrency {args.rss_concurrency}, fresh kv_mm proxy"
-        )
-        door = start_proxy("kv_mm", workers, log_dir, server_cpus)
-        doors.append(door)
-        try:
-            assert door.pid is not None
-            print(f"  {'after':>8s} {'VmRSS MiB':>10s} {'VmHWM':>12s} {'index blocks':>13s} {'errors':>6s}")
-            print(f"  {0:8d} {rss_kib(door.pid) / 1024:10.1f} {proc_status(door.pid, 'VmHWM'):>12s}"
-                  f" {predicted_blocks(door.url):13d} {0:6d}")
-            samples: list[tuple[int, int, int]] = []
-            sent = errors = 0
-            t0 = time.perf_counter()
-            while sent < args.rss_requests:
-                n = min(step, args.rss_requests - sent)
-                offset = sent
-                r = run_loop(
-                    door.url,
-                    lambda i, offset=offset: distinct_image(offset + i),
-                    concurrency=args.rss_concurrency,
-                    n=n,
-                    duration=600,
-                )
-                sent += n
-                errors += r.errors
-                kib, blocks = rss_kib(door.pid), predicted_blocks(door.url)
-                samples.append((sent, kib, blocks))
-                print(f"  {sent:8d} {kib / 1024:10.1f} {proc_status(door.pid, 'VmHWM'):>12s} {blocks:13d}"
-                      f" {r.errors:6d}", flush=True)
-            elapsed = time.perf_counter() - t0
-            print(f"  {sent} requests in {elapsed:.1f} s ({sent / elapsed:.0f} req/s), errors {errors}")
-            base = next((s for s in samples if s[0] >= min(1000, sent)), samples[0])
-            last = samples[-1]
-            grow_kib = last[1] - base[1]
-            print(
-                f"  growth after warm-up ({base[0]} -> {last[0]} requests): {grow_kib / 1024:+.1f} MiB"
-                f" ({grow_kib / base[1] * 100 if base[1] > 0 else float('nan'):+.1f}%),"
-                f" {grow_kib * 1024 / max(last[0] - base[0], 1):.0f} bytes per request"
-            )
-            d_blocks = last[2] - base[2]
-            if d_blocks > 0:
-                per_block = grow_kib * 1024 / d_blocks
-                cap = 200_000 * len(workers)
-                ceiling = (cap - base[2]) * per_block / 2**20
-                print(
-                    f"  the PredictedIndex grew by {d_blocks} blocks (~{per_block:.0f} bytes of RSS per block); it is"
-                    f" capped at 200,000 blocks per worker ({cap:,} here), so at this rate the growth stops"
-                    f" ~{ceiling:.0f} MiB above the warm-up sample"
-                )
-            half = samples[len(samples) // 2]
-            if last[0] > half[0] > base[0]:
-                first = (half[1] - base[1]) * 1024 / (half[0] - base[0])
-                second = (last[1] - half[1]) * 1024 / (last[0] - half[0])
-                print(f"  bytes per request: {first:.0f} in the first half after warm-up, {second:.0f} in the second")
-        finally:
-            door.stop()
-            doors.remove(door)
+        phase_latency(setup, args.requests, args.warmup)
+        phase_capacity(setup, args.concurrency, args.duration)
+        phase_memory(setup, args.rss_requests, args.rss_concurrency, args.rss_step, args.rss_index_capacity)
     finally:
-        for door in doors:
-            door.stop()
         stop_workers(workers)
-    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    print(f"load average at the end: {loadavg()}; total {time.perf_counter() - t_start:.0f} s")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from harness.proxy.policies import KV_POLICIES, POLICIES, Candidate, CostWeights, Router, kv_cost
@@ -62,7 +64,7 @@ def test_random_is_reproducible_with_a_seed_and_covers_every_worker() -> None:
     assert a == b
     assert set(a) == {0, 1, 2, 3}
     # Not round robin in disguise: some worker is picked twice in a row somewhere in 200 picks.
-    assert any(x == y for x, y in zip(a, a[1:], strict=False))
+    assert any(x == y for x, y in itertools.pairwise(a))
 
 
 def test_least_loaded_prefers_fewest_running() -> None:
@@ -105,7 +107,9 @@ def test_kv_cost_arithmetic() -> None:
 
 @pytest.mark.parametrize("policy", sorted(KV_POLICIES))
 def test_kv_picks_max_overlap_when_loads_are_equal(policy: str) -> None:
-    cands = [Candidate(i, f"w{i}", running=1, active_prefill_tokens=32, overlap_blocks=o) for i, o in enumerate([1, 5, 3, 0])]
+    cands = [
+        Candidate(i, f"w{i}", running=1, active_prefill_tokens=32, overlap_blocks=o) for i, o in enumerate([1, 5, 3, 0])
+    ]
     router = Router(policy)
     assert picks(router, cands, 5, total_blocks=8, block_size=BLOCK, prompt_tokens=8 * BLOCK) == [1] * 5
 

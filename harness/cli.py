@@ -1,0 +1,194 @@
+"""``harness``: run the gates, boot a stack, plan, benchmark, summarise.
+
+harness run [-m pre_merge] [--backend sim|vllm] [pytest args...]   gates -> reports/<ts>/ (+ reports/latest)
+harness plan [-m EXPR] [--max-vram-gib N]                         print the cases a run would execute
+harness stack up --profile CASE_ID                                boot one case's stack and wait (Ctrl-C ends it)
+harness bench worker|proxy|boot [...]                             benchmarks (figures side by side)
+harness report [RUN_DIR]                                          re-render a run's summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.profiles import default_profile_dir, find_case, load_profiles, repo_root
+
+GATES = Path(__file__).resolve().parent / "gates"
+
+
+def reports_root() -> Path:
+    return Path(os.environ.get("HARNESS_REPORTS_DIR") or repo_root() / "reports")
+
+
+def new_run_dir(root: Path) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = root / stamp
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    latest = root / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run_dir.name)
+    return run_dir
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness.report.summary import write_summary
+
+    run_dir = new_run_dir(Path(args.reports_dir) if args.reports_dir else reports_root())
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(GATES),
+        "-p",
+        "no:cacheprovider",
+        "--backend",
+        args.backend,
+        f"--junitxml={run_dir / 'junit.xml'}",
+        f"--harness-report-dir={run_dir}",
+        "-o",
+        f"junit_suite_name=mmharness-{args.backend}",
+        "--rootdir",
+        str(GATES),
+        *extra,
+    ]
+    print(f"harness run -> {run_dir}\n$ {' '.join(cmd)}", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    rc = subprocess.call(cmd, env=env)
+    t = write_summary(run_dir, title=f"mmharness {args.backend} gates")
+    summary = (run_dir / "summary.md").read_text()
+    print(summary)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as fh:
+            fh.write(summary)
+    print(f"report: {run_dir / 'summary.md'} (latest: {run_dir.parent / 'latest'})")
+    if rc == 5:
+        print("harness run: no case selected", file=sys.stderr)
+        return 1
+    return rc if rc else (0 if t.green else 1)
+
+
+def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(GATES),
+        "-p",
+        "no:cacheprovider",
+        "--backend",
+        args.backend,
+        "--harness-dry-run",
+        "-q",
+        "--rootdir",
+        str(GATES),
+        *extra,
+    ]
+    rc = subprocess.call(cmd)
+    return 0 if rc in (0, 5) else rc
+
+
+def cmd_stack_up(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness.launch import LaunchError, launched
+
+    cases = load_profiles(default_profile_dir(), backend=args.backend)
+    try:
+        case = find_case(cases, args.profile)
+    except KeyError as exc:
+        print(f"harness stack up: {exc.args[0]}", file=sys.stderr)
+        return 2
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix=f"mmharness-{case.id}-"))
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    try:
+        with launched(case, log_dir) as stack:
+            phases = ", ".join(f"{k}={v:.2f}s" for k, v in stack.phases.items())
+            print(
+                f"{case.id} is up: {stack.url}\n  workers: {' '.join(stack.worker_urls)}\n  logs: {log_dir}\n"
+                f"  phases: {phases}\nCtrl-C to stop.",
+                flush=True,
+            )
+            try:
+                while not stop["flag"] and stack.proc.alive:
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                pass
+            if not stack.proc.alive:
+                print(f"stack exited with code {stack.proc.poll()}:\n{stack.proc.log_tail()}", file=sys.stderr)
+                return 1
+    except LaunchError as exc:
+        print(f"harness stack up: {exc}", file=sys.stderr)
+        return 1
+    print("stack stopped")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    bench = repo_root() / "benchmarks"
+    scripts = {"worker": "sim_worker_rps.py", "proxy": "proxy_overhead.py", "boot": "boot_phases.py"}
+    return subprocess.call([sys.executable, str(bench / scripts[args.what]), *extra])
+
+
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness.report.summary import write_summary
+
+    run_dir = Path(args.run_dir) if args.run_dir else reports_root() / "latest"
+    if not (run_dir / "cases").is_dir():
+        print(f"harness report: {run_dir} has no cases/ (not a run directory)", file=sys.stderr)
+        return 2
+    write_summary(run_dir.resolve())
+    print((run_dir / "summary.md").read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="harness",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gate suite and write a report (extra args go to pytest)")
+    run.add_argument("--backend", choices=("sim", "vllm"), default="sim")
+    run.add_argument("--reports-dir", default=None)
+    run.set_defaults(func=cmd_run)
+    plan = sub.add_parser("plan", help="print the cases a run would execute (extra args go to pytest)")
+    plan.add_argument("--backend", choices=("sim", "vllm"), default="sim")
+    plan.set_defaults(func=cmd_plan)
+    stack = sub.add_parser("stack", help="boot a stack for local poking")
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    up = stack_sub.add_parser("up", help="boot one case's stack and wait")
+    up.add_argument("--profile", required=True, help="case id, e.g. mm_agg_router_qwen3-vl-2b")
+    up.add_argument("--backend", choices=("sim", "vllm"), default="sim")
+    up.add_argument("--log-dir", default=None)
+    up.set_defaults(func=cmd_stack_up)
+    bench = sub.add_parser("bench", help="run a benchmark (extra args go to it)")
+    bench.add_argument("what", choices=("worker", "proxy", "boot"))
+    bench.set_defaults(func=cmd_bench)
+    report = sub.add_parser("report", help="re-render a run's summary")
+    report.add_argument("run_dir", nargs="?", default=None)
+    report.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    return int(args.func(args, extra))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The gate suite that ``harness run`` (or ``pytest --pyargs harness.gates``) executes."""

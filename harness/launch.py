@@ -1,0 +1,153 @@
+"""Run a case's launch script: ports, the environment contract, logs, readiness, phases and teardown.
+
+The script runs in its own session, so the whole stack (script, workers, router) is one process group and is
+ended with it — on pass, failure, timeout or Ctrl-C alike. Readiness is the script's ``HARNESS_READY url=``
+line; a script that exits first fails at once with its last log lines, never after a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.ports import allocate_ports, release_ports
+from harness.procs import ManagedProcess, ProcessExitedError, spawn, tail, wait_until
+from harness.profiles import Case, default_launch_dir
+
+READY_RE = re.compile(r"^HARNESS_READY url=(\S+)$", re.M)
+PHASE_RE = re.compile(r"^HARNESS_PHASE name=(\S+) seconds=([0-9.]+)$", re.M)
+FAILED_RE = re.compile(r"^HARNESS_FAILED (.*)$", re.M)
+GIB = 1024**3
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Stack:
+    """A running stack of one case."""
+
+    case: Case
+    url: str
+    proc: ManagedProcess
+    log_dir: Path
+    log_prefix: str
+    worker_urls: list[str]
+    ports: list[int]
+    phases: dict[str, float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log_path(self, component: str) -> Path:
+        return self.log_dir / f"{self.log_prefix}{component}.log"
+
+    @property
+    def router_log(self) -> Path | None:
+        path = self.log_path("router")
+        return path if path.exists() else None
+
+    def worker_logs(self) -> list[Path]:
+        return [self.log_path(f"worker{i}") for i in range(len(self.worker_urls))]
+
+    def log_tails(self, lines: int = 15) -> dict[str, str]:
+        out = {"launch": tail(self.proc.log_path, lines)}
+        for path in [*self.worker_logs(), self.log_path("router")]:
+            if path.exists():
+                out[path.stem.removeprefix(self.log_prefix)] = tail(path, lines)
+        return out
+
+
+def case_env(case: Case, ports: list[int], log_dir: Path, prefix: str, extra: Mapping[str, str]) -> dict[str, str]:
+    t = case.effective
+    front, router_metrics, *workers = ports
+    kv = t.requested_kv_cache_bytes or 4 * GIB
+    env = {
+        **os.environ,
+        "HARNESS_MODEL": case.model.model,
+        "HARNESS_BACKEND": t.backend,
+        "HARNESS_NUM_WORKERS": str(t.workers),
+        "HARNESS_HTTP_PORT": str(front),
+        "HARNESS_ROUTER_METRICS_PORT": str(router_metrics),
+        "HARNESS_WORKER_PORTS": " ".join(map(str, workers)),
+        "HARNESS_KV_CACHE_BYTES": str(kv),
+        "HARNESS_LOG_DIR": str(log_dir),
+        "HARNESS_LOG_PREFIX": prefix,
+        "HARNESS_ROUTER": t.router,
+        "HARNESS_ROUTER_POLICY": t.policy or "",
+        "HARNESS_PYTHON": sys.executable,
+        "HARNESS_MAX_MODEL_LEN": str(case.model.max_model_len),
+        "HARNESS_READY_TIMEOUT": str(int(t.timeout_s)),
+        "HARNESS_EXTRA_WORKER_ARGS": " ".join(case.extra_script_args),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1" if t.backend == "sim" else "0"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if case.model.family:
+        env["HARNESS_MM_FAMILY"] = case.model.family
+    env.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
+    env.update(t.env)
+    env.update(extra)
+    return env
+
+
+def start_stack(
+    case: Case,
+    log_dir: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    launch_dir: Path | None = None,
+    timeout_s: float | None = None,
+) -> Stack:
+    t = case.effective
+    script = (launch_dir or default_launch_dir()) / t.script
+    if not script.is_file():
+        raise LaunchError(f"{case.id}: launch script {script} does not exist")
+    ports = allocate_ports(2 + t.workers)
+    prefix = f"{case.id}."
+    env = case_env(case, ports, log_dir, prefix, extra_env or {})
+    proc = spawn(f"{case.id}/launch", ["bash", str(script)], log_dir / f"{prefix}launch.log", env=env)
+    stack = Stack(case, "", proc, log_dir, prefix, [f"http://127.0.0.1:{p}" for p in ports[2:]], ports, env=env)
+    deadline = timeout_s if timeout_s is not None else t.timeout_s
+    try:
+
+        def ready() -> bool:
+            text = proc.log_path.read_text(errors="replace")
+            m = READY_RE.search(text)
+            if m:
+                stack.url = m.group(1)
+            return m is not None
+
+        wait_until(ready, deadline, interval_s=0.05, procs=[proc], what=f"{case.id} to print HARNESS_READY")
+    except (ProcessExitedError, TimeoutError) as exc:
+        text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+        failed = FAILED_RE.search(text)
+        stop_stack(stack)
+        reason = failed.group(1) if failed else str(exc).splitlines()[0]
+        raise LaunchError(f"{case.id}: stack did not come up: {reason}\n{_tails(stack)}") from None
+    stack.phases = {name: float(sec) for name, sec in PHASE_RE.findall(proc.log_path.read_text())}
+    return stack
+
+
+def _tails(stack: Stack) -> str:
+    return "\n".join(f"--- {name} ---\n{text}" for name, text in stack.log_tails().items() if text)
+
+
+def stop_stack(stack: Stack, grace_s: float = 5.0) -> float:
+    t0 = time.monotonic()
+    stack.proc.terminate(grace_s)
+    release_ports(stack.ports)
+    return time.monotonic() - t0
+
+
+@contextmanager
+def launched(case: Case, log_dir: Path, **kw) -> Iterator[Stack]:
+    stack = start_stack(case, log_dir, **kw)
+    try:
+        yield stack
+    finally:
+        stack.phases["teardown"] = stop_stack(stack)

@@ -1,0 +1,189 @@
+"""Profiles: ModelProfile -> Topology -> Case, expanded into pytest parameters.
+
+A *model profile* says what is served (model id, short name, family, GPUs, marks). A *topology* says how it is
+served (launch script, workers, router and policy, KV cap, VRAM profile, timeout, CI marks) and whether the
+stack is a working configuration (``expect="pass"``) or a deliberately degraded control (``expect="fail"``).
+A *case* is one model on one topology with one payload, plus per-case overrides.
+
+Ids are ``mm_{topology}_{short}[_{suffix}]``. Marks are applied in this order, so ``-m`` expressions and
+reports read the same everywhere: backend (``sim`` | ``vllm``), the topology's marks (``pre_merge``,
+``post_merge``, ``nightly``, ...), the model's marks, ``gpu_{n}`` for real backends, the case's own marks, and
+last, for a control, ``xfail(strict=True)`` — a control that passes means the gate has no teeth.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BACKENDS = ("sim", "vllm")
+ROUTERS = ("proxy", "vllm-router", "sglang-router", "none")
+PAYLOADS = ("image_url", "base64", "multi_image", "multi_turn", "lora")
+CI_MARKS = ("pre_merge", "post_merge", "nightly")
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    model: str
+    short: str
+    family: str | None = None
+    gpus: int = 1
+    marks: tuple[str, ...] = ()
+    max_model_len: int = 8192
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    script: str
+    backend: str = "sim"
+    marks: tuple[str, ...] = ()
+    timeout_s: float = 120.0
+    profiled_vram_gib: float | None = None
+    requested_kv_cache_bytes: int | None = None
+    workers: int = 1
+    router: str = "none"
+    policy: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: "pass" for a working stack, "fail" for a degraded control the gate must reject.
+    expect: str = "pass"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"topology {self.name}: backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"topology {self.name}: router must be one of {ROUTERS}, got {self.router!r}")
+        if self.expect not in ("pass", "fail"):
+            raise ValueError(f"topology {self.name}: expect must be 'pass' or 'fail', got {self.expect!r}")
+        if self.router != "none" and self.workers < 1:
+            raise ValueError(f"topology {self.name}: a router needs at least one worker")
+
+
+@dataclass(frozen=True)
+class Case:
+    model: ModelProfile
+    topology: Topology
+    payload: str = "image_url"
+    suffix: str = ""
+    extra_script_args: tuple[str, ...] = ()
+    marks: tuple[str, ...] = ()
+    #: Per-case values that win over the topology's (timeout_s, profiled_vram_gib, requested_kv_cache_bytes,
+    #: workers, env, expect, ...).
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.payload not in PAYLOADS:
+            raise ValueError(f"case {self.id}: payload must be one of {PAYLOADS}, got {self.payload!r}")
+        unknown = set(self.overrides) - set(Topology.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"case {self.id}: unknown override(s) {sorted(unknown)}")
+
+    @property
+    def id(self) -> str:
+        base = f"mm_{self.topology.name}_{self.model.short}"
+        return f"{base}_{self.suffix}" if self.suffix else base
+
+    @property
+    def effective(self) -> Topology:
+        """The topology with this case's overrides applied."""
+        return replace(self.topology, **dict(self.overrides)) if self.overrides else self.topology
+
+    @property
+    def is_control(self) -> bool:
+        return self.effective.expect == "fail"
+
+    @property
+    def mark_names(self) -> list[str]:
+        t = self.effective
+        names = [t.backend, *t.marks, *self.model.marks]
+        if t.backend != "sim":
+            names.append(f"gpu_{self.model.gpus}")
+        names.extend(self.marks)
+        seen: set[str] = set()
+        return [n for n in names if not (n in seen or seen.add(n))]
+
+    def pytest_marks(self) -> list[pytest.MarkDecorator]:
+        marks = [getattr(pytest.mark, name) for name in self.mark_names]
+        if self.is_control:
+            marks.append(pytest.mark.xfail(strict=True, reason="degraded control: the gate must reject it"))
+        return marks
+
+
+def pytest_params(cases: Iterable[Case]) -> list[Any]:
+    """``pytest.param`` objects, one per case, with ids and marks; duplicate ids are an error."""
+    params, seen = [], set()
+    for case in cases:
+        if case.id in seen:
+            raise ValueError(f"duplicate case id {case.id}")
+        seen.add(case.id)
+        params.append(pytest.param(case, id=case.id, marks=case.pytest_marks()))
+    return params
+
+
+def vram_deselect_reason(case: Case, max_vram_gib: float | None) -> str | None:
+    """Why a case does not fit a VRAM budget (None if it does). Unknown VRAM is unsafe, so it is deselected."""
+    if max_vram_gib is None:
+        return None
+    vram = case.effective.profiled_vram_gib
+    if vram is None:
+        return f"{case.id}: no profiled_vram_gib (unknown VRAM is unsafe under --max-vram-gib)"
+    if vram > max_vram_gib:
+        return f"{case.id}: profiled {vram} GiB > budget {max_vram_gib} GiB"
+    return None
+
+
+def load_profiles(directory: Path, backend: str | None = None) -> list[Case]:
+    """Every ``CASES`` list of ``directory/*.py`` (files starting with ``_`` skipped), optionally by backend."""
+    cases: list[Case] = []
+    directory = Path(directory).resolve()
+    sys.path.insert(0, str(directory))  # profile files may share definitions (e.g. ``_models.py``)
+    try:
+        cases = _load_dir(directory)
+    finally:
+        sys.path.remove(str(directory))
+    if backend is not None:
+        cases = [c for c in cases if c.effective.backend == backend]
+    return cases
+
+
+def _load_dir(directory: Path) -> list[Case]:
+    cases: list[Case] = []
+    for path in sorted(directory.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        spec = importlib.util.spec_from_file_location(f"harness_profiles_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found = getattr(module, "CASES", None)
+        if not isinstance(found, Sequence):
+            raise ValueError(f"{path}: defines no CASES list")
+        cases.extend(found)
+    return cases
+
+
+def find_case(cases: Iterable[Case], case_id: str) -> Case:
+    by_id = {c.id: c for c in cases}
+    if case_id not in by_id:
+        close = sorted(i for i in by_id if case_id.split("_")[-1] in i)[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise KeyError(f"no profile case {case_id!r}{hint} (list them with `harness plan`)")
+    return by_id[case_id]
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def default_profile_dir() -> Path:
+    return repo_root() / "profiles"
+
+
+def default_launch_dir() -> Path:
+    return repo_root() / "launch"
