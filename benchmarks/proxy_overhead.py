@@ -21,6 +21,7 @@ request of the front door (from /proc/<pid>/stat) is printed too: it does not de
 nothing is asserted.
 
     python benchmarks/proxy_overhead.py [--requests 2000] [--duration 4] [--rss-requests 10000]
+                                        [--phases latency,capacity,memory] [--no-router]
 """
 
 from __future__ import annotations
@@ -480,7 +481,15 @@ def main() -> int:
         help="--index-capacity-blocks of the memory test's proxy (default: the proxy's own default)",
     )
     ap.add_argument("--no-router", action="store_true", help="leave vllm-router out")
+    ap.add_argument(
+        "--phases",
+        default="latency,capacity,memory",
+        help="comma-separated subset of latency, capacity, memory (default: all three)",
+    )
     args = ap.parse_args()
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if not phases or phases - {"latency", "capacity", "memory"}:
+        ap.error(f"--phases: expected a subset of latency,capacity,memory, got {args.phases!r}")
 
     t_start = time.perf_counter()
     allowed = sorted(os.sched_getaffinity(0))
@@ -505,9 +514,12 @@ def main() -> int:
         print(f"harness proxy: --disable-log-requests (the [ROUTING] record is still logged); logs in {log_dir}")
         print(f"load average at start: {loadavg()}", flush=True)
         print()
-        phase_latency(setup, args.requests, args.warmup)
-        phase_capacity(setup, args.concurrency, args.duration)
-        phase_memory(setup, args.rss_requests, args.rss_concurrency, args.rss_step, args.rss_index_capacity)
+        if "latency" in phases:
+            phase_latency(setup, args.requests, args.warmup)
+        if "capacity" in phases:
+            phase_capacity(setup, args.concurrency, args.duration)
+        if "memory" in phases:
+            phase_memory(setup, args.rss_requests, args.rss_concurrency, args.rss_step, args.rss_index_capacity)
     finally:
         stop_workers(workers)
     print(f"load average at the end: {loadavg()}; total {time.perf_counter() - t_start:.0f} s")
