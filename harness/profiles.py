@@ -142,11 +142,18 @@ def load_profiles(directory: Path, backend: str | None = None) -> list[Case]:
     """Every ``CASES`` list of ``directory/*.py`` (files starting with ``_`` skipped), optionally by backend."""
     cases: list[Case] = []
     directory = Path(directory).resolve()
+    # Siblings (``from _models import ...``) must come from *this* directory, not from a module of the same name
+    # cached by an earlier load of another directory, and must not stay cached for the next one.
+    siblings = {p.stem for p in directory.glob("*.py")}
+    saved = {name: sys.modules.pop(name) for name in siblings if name in sys.modules}
     sys.path.insert(0, str(directory))  # profile files may share definitions (e.g. ``_models.py``)
     try:
         cases = _load_dir(directory)
     finally:
         sys.path.remove(str(directory))
+        for name in siblings:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
     if backend is not None:
         cases = [c for c in cases if c.effective.backend == backend]
     return cases
