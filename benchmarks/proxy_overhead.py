@@ -196,16 +196,16 @@ def cpu_seconds(pid: int) -> float:
 class FrontDoor:
     name: str
     url: str
-    procs: list[ManagedProcess] = field(default_factory=list)
+    proc: ManagedProcess | None = None  # None: a worker itself (direct), not ours to stop here
     ports: list[int] = field(default_factory=list)
 
     @property
     def pid(self) -> int | None:
-        return self.procs[0].pid if self.procs else None
+        return self.proc.pid if self.proc else None
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
+        if self.proc is not None:
+            self.proc.terminate()
         if self.ports:
             release_ports(self.ports)
 
@@ -218,12 +218,13 @@ def router_binary() -> str | None:
 def start_proxy(
     policy: str, workers: list[WorkerHandle], log_dir: Path, mask: set[int] | None, extra: Sequence[str] = ()
 ) -> FrontDoor:
+    """``python -m harness.proxy`` with ``--disable-log-requests`` (its [ROUTING] record is still logged)."""
     (port,) = allocate_ports(1)
     argv = [sys.executable, "-m", "harness.proxy", "--model", MODEL, "--workers", *[w.url for w in workers]]
     argv += ["--port", str(port), "--policy", policy, "--disable-log-requests", *extra]
     with cpus(mask):
         proc = spawn(f"proxy-{policy}", argv, log_dir / f"proxy-{policy}-{port}.log", env=worker_env())
-    door = FrontDoor(f"harness proxy {policy}", f"http://127.0.0.1:{port}", [proc], [port])
+    door = FrontDoor(f"harness proxy {policy}", f"http://127.0.0.1:{port}", proc, [port])
     try:
         wait_http_ready(f"{door.url}/health", proc, 60)
     except BaseException:
@@ -241,7 +242,7 @@ def start_router(
     argv += ["--worker-startup-check-interval", "1"]
     with cpus(mask):
         proc = spawn(f"vllm-router-{policy}", argv, log_dir / f"vllm-router-{policy}-{port}.log", env=worker_env())
-    door = FrontDoor(f"vllm-router {policy}", f"http://127.0.0.1:{port}", [proc], [port, metrics_port])
+    door = FrontDoor(f"vllm-router {policy}", f"http://127.0.0.1:{port}", proc, [port, metrics_port])
     try:
         wait_http_ready(f"{door.url}/health", proc, 60)
     except BaseException:
@@ -263,13 +264,14 @@ class Setup:
     log_dir: Path
     server_cpus: set[int] | None
     router: str | None
+    proxy_args: tuple[str, ...] = ()
 
     @property
     def direct(self) -> FrontDoor:
         return FrontDoor("direct (worker0)", self.workers[0].url)
 
     def proxy(self, policy: str, *extra: str) -> FrontDoor:
-        return start_proxy(policy, self.workers, self.log_dir, self.server_cpus, extra)
+        return start_proxy(policy, self.workers, self.log_dir, self.server_cpus, (*self.proxy_args, *extra))
 
 
 @contextlib.contextmanager
@@ -482,6 +484,12 @@ def main() -> int:
     )
     ap.add_argument("--no-router", action="store_true", help="leave vllm-router out")
     ap.add_argument(
+        "--proxy-log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the harness proxy's --log-level (warning drops its per-request [ROUTING] record)",
+    )
+    ap.add_argument(
         "--phases",
         default="latency,capacity,memory",
         help="comma-separated subset of latency, capacity, memory (default: all three)",
@@ -501,7 +509,8 @@ def main() -> int:
     try:
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)
-        setup = Setup(workers, log_dir, server_cpus, None if args.no_router else router_binary())
+        router = None if args.no_router else router_binary()
+        setup = Setup(workers, log_dir, server_cpus, router, ("--log-level", args.proxy_log_level))
         print(f"proxy overhead: 2 simulated workers, {MODEL}, {' '.join(WORKER_ARGS)}")
         if pin:
             print(
@@ -511,7 +520,11 @@ def main() -> int:
             )
         else:
             print("not pinned: fewer than two CPUs are available")
-        print(f"harness proxy: --disable-log-requests (the [ROUTING] record is still logged); logs in {log_dir}")
+        print(
+            f"harness proxy: --disable-log-requests --log-level {args.proxy_log_level}"
+            f" ([ROUTING] record per request {'on' if args.proxy_log_level in ('debug', 'info') else 'off'});"
+            f" logs in {log_dir}"
+        )
         print(f"load average at start: {loadavg()}", flush=True)
         print()
         if "latency" in phases:

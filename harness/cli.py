@@ -154,6 +154,24 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_assets(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness.mm.assets import AssetStore
+
+    store = AssetStore(Path(args.dir)).ensure()
+    if args.assets_command == "put":
+        for name in args.files:
+            try:
+                data = Path(name).read_bytes()
+            except OSError as exc:
+                print(f"harness assets put: {name}: {exc.strerror}", file=sys.stderr)
+                return 2
+            print(f"{store.put(data)}  {name}")
+        return 0
+    result = store.sweep(args.max_age)
+    print(f"removed {result.removed} derived artifact(s), kept {result.kept}; {result.sources} source image(s) kept")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness",
@@ -179,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark (extra args go to it)")
     bench.add_argument("what", choices=("worker", "proxy", "boot"))
     bench.set_defaults(func=cmd_bench)
+    assets = sub.add_parser("assets", help="manage a run-scoped asset directory (mmfile:// references)")
+    assets_sub = assets.add_subparsers(dest="assets_command", required=True)
+    put = assets_sub.add_parser("put", help="store images and print their mmfile:// references")
+    put.add_argument("dir")
+    put.add_argument("files", nargs="+")
+    sweep = assets_sub.add_parser("sweep", help="evict derived artifacts older than --max-age (never sources)")
+    sweep.add_argument("dir")
+    sweep.add_argument("--max-age", type=float, required=True, help="seconds")
+    assets.set_defaults(func=cmd_assets)
     report = sub.add_parser("report", help="re-render a run's summary")
     report.add_argument("run_dir", nargs="?", default=None)
     report.set_defaults(func=cmd_report)

@@ -348,9 +348,13 @@ class Gate:
             return
         workers = Counter(r.served_by for r in distinct)
         pinned = set(workers) == {first.served_by}
-        self.check("different images are free to move", not pinned,
-                   f"not every different-image request pinned to {first.served_by}",
-                   f"served by {dict(workers)}", distinct[-1])
+        self.check(
+            "different images are free to move",
+            not pinned,
+            f"not every different-image request pinned to {first.served_by}",
+            f"served by {dict(workers)}",
+            distinct[-1],
+        )
 
     def check_adapter_loaded(self, first: Reply) -> None:
         text = self.router_text()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +47,7 @@ MARKERS = {
 }
 CASE_KEY = pytest.StashKey[Case]()
 RECORD_KEY = pytest.StashKey[dict[str, Any]]()
+SIGTERM_KEY = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,6 +70,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {doc}")
     if config.getoption("--backend") == "sim":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the simulated stack never needs the hub
+    # SIGTERM (a CI runner cancelling the job) would end pytest without any teardown, leaving every running
+    # stack behind in its own session. Treat it like Ctrl-C, so fixtures and ``launched()`` tear stacks down.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        config.stash[SIGTERM_KEY] = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SIGTERM_KEY in config.stash and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, config.stash[SIGTERM_KEY])
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

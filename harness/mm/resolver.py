@@ -9,9 +9,13 @@ and whatever small result ``analyze`` returns.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -82,6 +86,8 @@ class ImageResolver:
         self.session: aiohttp.ClientSession | None = None
         self._by_content = _LRU(memo_size)
         self._by_ref = _LRU(memo_size)
+        # Derived facts depend on the model (hash seed) and its geometry (token counts).
+        self._model_tag = blake3.blake3(f"{model}|{sorted(geometry.config.items())}".encode()).hexdigest()[:16]
 
     async def _bytes(self, url: str) -> bytes:
         if url.startswith(ASSET_SCHEME):
@@ -107,6 +113,40 @@ class ImageResolver:
                 raise ImageError(f"cannot decode image: {exc}") from None
         return ImageFacts(content_hash, width, height, tokens, extra)
 
+    # -- derived artifacts: measurements of asset-dir images, shared by every process using the dir ---------
+    def _derived_path(self, url: str) -> Path | None:
+        if self.assets is None or not url.startswith(ASSET_SCHEME):
+            return None
+        try:
+            digest = self.assets.path_of(url).name
+        except AssetError:
+            return None
+        return self.assets.derived_path(f"{digest}.{self._model_tag}.facts.json")
+
+    def _load_derived(self, path: Path) -> ImageFacts | None:
+        try:
+            raw = json.loads(path.read_text())
+            extra = raw.get("extra")
+            return ImageFacts(
+                raw["content_hash"],
+                int(raw["width"]),
+                int(raw["height"]),
+                int(raw["tokens"]),
+                tuple(extra) if isinstance(extra, list) else extra,
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _store_derived(self, path: Path, facts: ImageFacts) -> None:
+        try:
+            payload = json.dumps(dataclasses.asdict(facts))
+        except TypeError:  # an analysis result that is not JSON: keep it in memory only
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(payload)
+        os.replace(tmp, path)
+
     async def resolve(self, part: ImagePart) -> ResolvedImage:
         url = part.url
         ref_key: str | None = None
@@ -120,12 +160,24 @@ class ImageResolver:
                 facts = self._by_content.get_touch(content_hash)
                 if facts is not None:
                     return ResolvedImage(part.uuid or content_hash, facts)
+        derived = self._derived_path(url)
+        if derived is not None and derived.exists() and self.assets is not None:
+            if not self.assets.path_of(url).exists():  # derived facts never outlive their source
+                raise ImageError(f"asset {url} not found in {self.assets.src}", status=404)
+            facts = self._load_derived(derived)
+            # A process that analyses images cannot use facts written by one that does not.
+            if facts is not None and (self.analyze is None or facts.extra is not None):
+                self._by_content.put(facts.content_hash, facts)
+                self._by_ref.put(url, facts.content_hash)
+                return ResolvedImage(part.uuid or facts.content_hash, facts)
         data = await self._bytes(url)
         content_hash = mm_hash(self.model, data)
         facts = self._by_content.get_touch(content_hash)
         if facts is None:
             facts = self._measure(data, content_hash)
             self._by_content.put(content_hash, facts)
+        if derived is not None:
+            self._store_derived(derived, facts)
         if ref_key is not None:
             self._by_ref.put(ref_key, content_hash)
         return ResolvedImage(part.uuid or content_hash, facts)

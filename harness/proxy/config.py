@@ -37,6 +37,8 @@ class ProxyConfig:
     allowed_media_hosts: tuple[str, ...] = ("loopback",)
     asset_dir: Path | None = None
     inline_assets: bool = False
+    asset_max_age_s: float = 3600.0
+    asset_sweep_interval_s: float = 60.0
     max_image_bytes: int = 20 * 1024 * 1024
     media_fetch_timeout: float = 5.0
     # LoRA
@@ -127,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--inline-assets",
         action="store_true",
         help="rewrite mmfile:// references to data URLs before forwarding (for real vLLM workers)",
+    )
+    m.add_argument(
+        "--asset-max-age",
+        dest="asset_max_age_s",
+        type=float,
+        default=d.asset_max_age_s,
+        help="derived artifacts older than this are swept (source images never are)",
+    )
+    m.add_argument(
+        "--asset-sweep-interval",
+        dest="asset_sweep_interval_s",
+        type=float,
+        default=d.asset_sweep_interval_s,
+        help="seconds between sweeps of the asset directory",
     )
     m.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)
     m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)

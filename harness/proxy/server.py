@@ -130,6 +130,8 @@ class Proxy:
         log.info("proxy policy=%s workers=%s", self.cfg.policy, " ".join(self.cfg.workers))
         await self.check_health()
         self._tasks.append(asyncio.create_task(self._health_loop(), name="health"))
+        if self.assets is not None:
+            self._tasks.append(asyncio.create_task(self._sweep_loop(), name="asset-sweep"))
         for w in self.workers:
             if w.events is not None:
                 sub = EventSubscriber(self.cfg.kv_events[w.url])
@@ -149,6 +151,20 @@ class Proxy:
         while True:
             await asyncio.sleep(self.cfg.health_interval_s)
             await self.check_health()
+
+    async def _sweep_loop(self) -> None:
+        assert self.assets is not None
+        while True:
+            result = await asyncio.to_thread(self.assets.sweep, self.cfg.asset_max_age_s)
+            if result.removed:
+                log.info(
+                    "asset sweep: removed %d derived artifact(s) older than %.0fs, kept %d; %d source(s)",
+                    result.removed,
+                    self.cfg.asset_max_age_s,
+                    result.kept,
+                    result.sources,
+                )
+            await asyncio.sleep(self.cfg.asset_sweep_interval_s)
 
     async def check_health(self) -> None:
         await asyncio.gather(*(self._check_one(w) for w in self.workers))

@@ -430,3 +430,33 @@ def test_asset_references_resolve_and_hash_like_inline(stack_factory, tmp_path: 
     assert inline.headers["x-served-by"] == by_ref.headers["x-served-by"]
     assert cached(inline) == full_hit(inline)
     assert s.routing("inline-1")["overlap"] == s.routing("inline-1")["total"]
+
+
+def test_derived_artifacts_are_swept_but_sources_kept(stack_factory, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    assets = AssetStore(tmp_path / "assets").ensure()
+    s = stack_factory(
+        1,
+        "kv_mm",
+        worker_args=(*WORKER_ARGS, "--asset-dir", str(assets.root)),
+        proxy_args=("--asset-dir", str(assets.root)),
+    )
+    ref = assets.put(png_bytes(GREEN))
+    assert s.chat(image_message(ref)).status_code == 200
+    derived = list(assets.derived.glob("*.facts.json"))
+    assert derived, "resolving an mmfile:// reference records its measurements as a derived artifact"
+    for path in derived:
+        os.utime(path, (1, 1))  # ancient
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "assets", "sweep", str(assets.root), "--max-age", "60"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"removed {len(derived)} derived artifact(s)" in out and "1 source image(s) kept" in out
+    assert not list(assets.derived.glob("*.facts.json"))
+    assert assets.path_of(ref).exists()
+    again = s.chat(image_message(ref))
+    assert again.status_code == 200 and "green" in again.json()["choices"][0]["message"]["content"]
