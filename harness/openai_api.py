@@ -6,12 +6,15 @@ status as ``code``; request ids follow the ``X-Request-Id`` convention (keep the
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from harness.mm.prompt import PromptError
 
 REQUEST_ID_HEADER = "X-Request-Id"
 SERVED_BY_HEADER = "X-Served-By"
@@ -86,3 +89,20 @@ def sse_event(data: Any) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+def exception_response(exc: Exception, headers: Mapping[str, str], rid: str, logger: logging.Logger) -> web.Response:
+    """The OpenAI-style answer to an exception a handler raised: 4xx for bad input, 500 (logged) for bugs.
+
+    Redirects and other non-error ``HTTPException`` are re-raised for aiohttp to send as they are.
+    """
+    if isinstance(exc, ApiError):
+        return error_response(exc, headers)
+    if isinstance(exc, PromptError):
+        return error_response(ApiError(400, str(exc), exc.param), headers)
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        return error_response(ApiError(exc.status, exc.reason), headers)
+    logger.exception("request_id=%s unhandled error", rid)
+    return error_response(ApiError(500, f"Internal server error: {type(exc).__name__}"), headers)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from harness.procs import pid_alive
+
 PORT_RANGE = (20000, 32000)  # below Linux's default ephemeral range (32768-60999)
 RESERVATION_TTL_S = 3600.0
 ENV_DIR = "HARNESS_PORTS_DIR"
@@ -41,16 +43,6 @@ def _locked() -> Iterator[Path]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _load(path: Path) -> dict[str, list[float]]:
     try:
         data = json.loads(path.read_text())
@@ -60,7 +52,7 @@ def _load(path: Path) -> dict[str, list[float]]:
     return {
         port: entry
         for port, entry in data.items()
-        if isinstance(entry, list) and _pid_alive(int(entry[0])) and now - entry[1] < RESERVATION_TTL_S
+        if isinstance(entry, list) and pid_alive(int(entry[0])) and now - entry[1] < RESERVATION_TTL_S
     }
 
 

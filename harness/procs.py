@@ -6,15 +6,30 @@ a grace period, then SIGKILL. Nothing is ever killed by name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+_PR_SET_PDEATHSIG = 1
+try:  # Linux: let the kernel signal our children if this process dies without tearing them down (SIGKILL)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _terminate_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGTERM it when the parent dies. Launch scripts trap SIGTERM
+    and end their own children, so even a SIGKILLed pytest worker leaves no stack behind."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ProcessExitedError(RuntimeError):
@@ -23,6 +38,24 @@ class ProcessExitedError(RuntimeError):
 
 class ReadyTimeoutError(TimeoutError):
     pass
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` names a live process (a zombie, dead but unreaped, is not alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"
+    except (OSError, IndexError):
+        return True  # no procfs: trust kill(0)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -94,6 +127,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
     return ManagedProcess(name=name, argv=list(argv), log_path=log_path, popen=popen)
 

@@ -111,7 +111,13 @@ class Case:
     def pytest_marks(self) -> list[pytest.MarkDecorator]:
         marks = [getattr(pytest.mark, name) for name in self.mark_names]
         if self.is_control:
-            marks.append(pytest.mark.xfail(strict=True, reason="degraded control: the gate must reject it"))
+            # Only the gate's verdict (an assertion) rejects a control: a stack that never came up, or any other
+            # error, must not pass for a rejection (pytest's xfail would otherwise swallow setup errors too).
+            marks.append(
+                pytest.mark.xfail(
+                    strict=True, raises=AssertionError, reason="degraded control: the gate must reject it"
+                )
+            )
         return marks
 
 

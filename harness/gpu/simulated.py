@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.procs import pid_alive
+
 DEFAULT_CAPACITY_BYTES = 80 * 1024**3
 ENV_DIR = "HARNESS_SIM_GPU_DIR"
 
@@ -31,16 +33,6 @@ def default_root() -> Path:
     if env:
         return Path(env)
     return Path(tempfile.gettempdir()) / f"mmharness-simgpu-{os.getuid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SimGpuRegistry:
@@ -82,7 +74,7 @@ class SimGpuRegistry:
                 entry = ProcessMemory(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue
-            if not _alive(entry.pid):
+            if not pid_alive(entry.pid):
                 path.unlink(missing_ok=True)
                 continue
             out.append(entry)

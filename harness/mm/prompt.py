@@ -167,3 +167,12 @@ def render_text(prompt: str | Sequence[int]) -> Prompt:
     if bad:  # a list, not next(..., None): a None id is itself bad
         raise PromptError(f"token id {bad[0]!r} is out of vocabulary", "prompt")
     return Prompt(token_ids=ids)
+
+
+def completion_prompt(value: Any) -> Prompt:
+    """The ``prompt`` of a /v1/completions request: text, token ids, or a one-element batch of either."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+        value = value[0]
+    if not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
+        raise PromptError("prompt must be a string or a non-empty list of token ids (one prompt per request)", "prompt")
+    return render_text(value)

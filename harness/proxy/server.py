@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import signal
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,13 +29,13 @@ from harness.mm.assets import AssetStore
 from harness.mm.geometry import GeometryNotFoundError, resolve_geometry
 from harness.mm.hashing import BlockKeyContext, block_hashes
 from harness.mm.images import ImageError, ImagePolicy
-from harness.mm.prompt import Prompt, PromptError, Turn, image_parts, parse_chat, render_chat, render_text
+from harness.mm.prompt import Prompt, Turn, completion_prompt, image_parts, parse_chat, render_chat
 from harness.mm.resolver import ImageResolver
 from harness.openai_api import (
     REQUEST_ID_HEADER,
     SERVED_BY_HEADER,
     ApiError,
-    error_response,
+    exception_response,
     json_response,
     request_id_of,
 )
@@ -47,6 +45,7 @@ from harness.proxy.kv_index import EventIndex, PredictedIndex
 from harness.proxy.metrics import ProxyMetrics
 from harness.proxy.policies import Candidate, CostWeights, Router
 from harness.proxy.workers import WorkerState
+from harness.serving import configure_logging, run_main, serve_app
 
 log = logging.getLogger("harness.proxy")
 
@@ -228,12 +227,7 @@ class Proxy:
 
     async def _prompt(self, body: dict[str, Any], chat: bool) -> Prompt:
         if not chat:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-                prompt = prompt[0]
-            if not isinstance(prompt, (str, list)) or not prompt:
-                raise ApiError(400, "prompt must be a non-empty string or list of token ids", "prompt")
-            return render_text(prompt)
+            return completion_prompt(body.get("prompt"))
         turns = parse_chat(body.get("messages"))
         add_gen = bool(body.get("add_generation_prompt", True))
         if self.images is None:  # kv_text: the images are simply not part of the key
@@ -547,24 +541,14 @@ async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-
         if not response.prepared:
             response.headers.setdefault(REQUEST_ID_HEADER, rid)
         return response
-    except ApiError as exc:
-        status = exc.status
-        return error_response(exc, headers)
-    except PromptError as exc:
-        status = 400
-        return error_response(ApiError(400, str(exc), exc.param), headers)
-    except web.HTTPException as exc:
-        status = exc.status
-        if exc.status >= 400:
-            return error_response(ApiError(exc.status, exc.reason), headers)
-        raise
     except (ConnectionResetError, aiohttp.ClientError) as exc:
-        status = 499
+        status = 499  # the client or a worker went away mid-stream: nothing left to answer
         log.warning("request_id=%s connection error: %s", rid, exc)
         raise
     except Exception as exc:
-        log.exception("request_id=%s unhandled error", rid)
-        return error_response(ApiError(500, f"Internal proxy error: {type(exc).__name__}"), headers)
+        response = exception_response(exc, headers, rid, log)
+        status = response.status
+        return response
     finally:
         if request.path not in ("/health", "/metrics"):
             proxy.metrics.requests.labels(str(status)).inc()
@@ -651,41 +635,22 @@ def build_app(proxy: Proxy) -> web.Application:
 
 async def serve(cfg: ProxyConfig) -> int:
     proxy = Proxy(cfg)
-    app = build_app(proxy)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-    await site.start()
-    await proxy.start()
-    log.info("proxy listening on http://%s:%d", cfg.host, cfg.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+
+    async def run(stop: asyncio.Event) -> None:
+        await proxy.start()
+        log.info("proxy listening on http://%s:%d", cfg.host, cfg.port)
         await stop.wait()
-    finally:
-        await runner.cleanup()
-        await proxy.stop()
+
+    await serve_app(build_app(proxy), cfg.host, cfg.port, run=run, cleanup=proxy.stop)
     log.info("proxy stopped")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper()),
-        format="%(asctime)s %(levelname)s [proxy] %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(cfg.log_level, "proxy")
     try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    try:
-        return asyncio.run(serve(cfg))
+        return run_main(serve(cfg))
     except (GeometryNotFoundError, ValueError) as exc:
         log.error("proxy cannot start: %s", exc)
         return 2

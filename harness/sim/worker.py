@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import random
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -31,12 +30,11 @@ from harness.mm.hashing import BlockKeyContext
 from harness.mm.images import ImageError, ImagePolicy
 from harness.mm.prompt import (
     Prompt,
-    PromptError,
     Turn,
+    completion_prompt,
     image_parts,
     parse_chat,
     render_chat,
-    render_text,
 )
 from harness.mm.resolver import ImageResolver, ResolvedImage
 from harness.openai_api import (
@@ -44,12 +42,13 @@ from harness.openai_api import (
     SERVED_BY_HEADER,
     SSE_DONE,
     ApiError,
-    error_response,
+    exception_response,
     json_response,
     read_json_object,
     request_id_of,
     sse_event,
 )
+from harness.serving import configure_logging, run_main, serve_app
 from harness.sim import answers
 from harness.sim.config import WorkerConfig, parse_args
 from harness.sim.engine import Engine, Request, SamplingParams, plan_output
@@ -244,16 +243,8 @@ class SimWorker:
         return Rendered(prompt, answer)
 
     def render_completion_body(self, body: dict[str, Any]) -> Rendered:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]
-        if isinstance(prompt, list) and not prompt:
-            raise ApiError(400, "prompt must not be empty", "prompt")
-        if not isinstance(prompt, (str, list)):
-            raise ApiError(400, "prompt must be a string or a list of token ids", "prompt")
-        rendered = render_text(prompt)
-        text = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
-        return Rendered(rendered, answers.answer_text(text))
+        prompt = completion_prompt(body.get("prompt"))
+        return Rendered(prompt, answers.answer_text(tokenizer.decode(prompt.token_ids)))
 
     def check_length(self, prompt: Prompt, max_tokens: int | None) -> int:
         n, limit = prompt.num_tokens, self.max_model_len
@@ -346,20 +337,10 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
             response.headers.setdefault(SERVED_BY_HEADER, worker.cfg.name)
             response.headers.setdefault(REQUEST_ID_HEADER, rid)
         return response
-    except ApiError as exc:
-        status = exc.status
-        return error_response(exc, _headers(worker, rid))
-    except PromptError as exc:
-        status = 400
-        return error_response(ApiError(400, str(exc), exc.param), _headers(worker, rid))
-    except web.HTTPException as exc:
-        status = exc.status
-        if exc.status >= 400:
-            return error_response(ApiError(exc.status, exc.reason), _headers(worker, rid))
-        raise
     except Exception as exc:
-        log.exception("request_id=%s unhandled error", rid)
-        return error_response(ApiError(500, f"Internal server error: {type(exc).__name__}"), _headers(worker, rid))
+        response = exception_response(exc, _headers(worker, rid), rid, log)
+        status = response.status
+        return response
     finally:
         if not worker.cfg.disable_log_requests and request.path not in ("/health", "/metrics"):
             s = request["stats"]
@@ -675,50 +656,35 @@ def build_app(worker: SimWorker) -> web.Application:
 
 async def serve(cfg: WorkerConfig) -> int:
     worker = SimWorker(cfg)
-    app = build_app(worker)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
-    await site.start()
-    log.info("worker %s listening on http://%s:%d (starting)", cfg.name, cfg.host, cfg.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     rc = 0
-    try:
+
+    async def run(stop: asyncio.Event) -> None:
+        nonlocal rc
+        log.info("worker %s listening on http://%s:%d (starting)", cfg.name, cfg.host, cfg.port)
         startup = asyncio.create_task(worker.startup())
-        done, _ = await asyncio.wait({startup, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
-        if startup in done:
-            startup.result()
-            await stop.wait()
-        else:
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if startup not in done:
             startup.cancel()
-    except StartupError as exc:
-        log.error("worker %s failed to start: %s", cfg.name, exc)
-        rc = 1
-    finally:
-        await runner.cleanup()
-        await worker.shutdown()
+            return
+        try:
+            startup.result()
+        except StartupError as exc:
+            log.error("worker %s failed to start: %s", cfg.name, exc)
+            rc = 1
+            return
+        await stopped
+
+    await serve_app(build_app(worker), cfg.host, cfg.port, run=run, cleanup=worker.shutdown)
     log.info("worker %s stopped", cfg.name)
     return rc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper()),
-        format=f"%(asctime)s %(levelname)s [{cfg.name}] %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(cfg.log_level, cfg.name)
     try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    try:
-        return asyncio.run(serve(cfg))
+        return run_main(serve(cfg))
     except (GeometryNotFoundError, StartupError, ValueError) as exc:
         log.error("worker %s cannot start: %s", cfg.name, exc)
         return 2

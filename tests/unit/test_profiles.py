@@ -90,6 +90,7 @@ def test_control_ends_with_strict_xfail() -> None:
     assert [name for name, _ in marks] == ["sim", "pre_merge", "model_mark", "case_mark", "xfail"]
     _, kwargs = marks[-1]
     assert kwargs.get("strict") is True
+    assert kwargs.get("raises") is AssertionError  # only the gate's verdict rejects; errors stay errors
     assert kwargs.get("reason")
 
 
