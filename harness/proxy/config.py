@@ -25,7 +25,9 @@ class ProxyConfig:
     prefill_load_weight: float = 1.0
     running_weight: float = 16.0
     # KV index
-    index_capacity_blocks: int = 200_000
+    #: Per worker. 32k blocks of 16 tokens is ~512k tokens, more than most workers' KV caches hold; the index
+    #: costs ~150 bytes a block, so the proxy's memory is bounded at ~5 MiB per worker.
+    index_capacity_blocks: int = 32_768
     index_ttl_s: float = 600.0
     kv_events: dict[str, str] = field(default_factory=dict)
     event_prediction_ttl_s: float = 5.0

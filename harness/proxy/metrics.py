@@ -12,6 +12,7 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 class ProxyMetrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[str, tuple[str, ...]], object] = {}
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.decisions = Counter(
             "harness_proxy_routing_decisions", "Routing decisions.", ("worker", "policy"), registry=r
@@ -55,6 +56,14 @@ class ProxyMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def child(self, metric, *labels: str):  # type: ignore[no-untyped-def]
+        """``metric.labels(*labels)``, memoized: the per-request path should not re-resolve label sets."""
+        key = (metric._name, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def _hit_rate(self) -> float:
         total = self.prompt_tokens._value.get()

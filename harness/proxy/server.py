@@ -343,9 +343,9 @@ class Proxy:
             total,
             self.cfg.policy,
         )
-        self.metrics.decisions.labels(w.name, self.cfg.policy).inc()
+        self.metrics.child(self.metrics.decisions, w.name, self.cfg.policy).inc()
         if key is not None:
-            self.metrics.overlap_ratio.labels(self.cfg.policy).observe(overlap / total if total else 0.0)
+            self.metrics.child(self.metrics.overlap_ratio, self.cfg.policy).observe(overlap / total if total else 0.0)
             self.metrics.prompt_tokens.inc(key.prompt_tokens)
             self.metrics.predicted_cached_tokens.inc(min(overlap * self.cfg.block_size, key.prompt_tokens))
             w.predicted.insert(key.hashes)
@@ -370,7 +370,7 @@ class Proxy:
         timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s, sock_connect=self.cfg.connect_timeout_s)
         w.running += 1
         w.active_prefill_tokens += prefill_tokens
-        self.metrics.worker_running.labels(w.name).set(w.running)
+        self.metrics.child(self.metrics.worker_running, w.name).set(w.running)
         prefill_pending = True
         out: web.StreamResponse | None = None
         try:
@@ -418,7 +418,7 @@ class Proxy:
             w.running -= 1
             if prefill_pending:
                 w.active_prefill_tokens -= prefill_tokens
-            self.metrics.worker_running.labels(w.name).set(w.running)
+            self.metrics.child(self.metrics.worker_running, w.name).set(w.running)
 
     def inline_assets(self, body: dict[str, Any]) -> bool:
         """Replace mmfile:// references with data URLs (for workers that cannot read the asset dir)."""
@@ -551,7 +551,7 @@ async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-
         return response
     finally:
         if request.path not in ("/health", "/metrics"):
-            proxy.metrics.requests.labels(str(status)).inc()
+            proxy.metrics.child(proxy.metrics.requests, str(status)).inc()
             if not proxy.cfg.disable_log_requests:
                 s = request["stats"]
                 log.info(
