@@ -44,6 +44,21 @@ def new_run_dir(root: Path) -> Path:
     return run_dir
 
 
+def _call_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
+    """Run ``cmd``, passing SIGTERM/SIGINT on to it, so a cancelled CI job still tears its stacks down and the
+    report below is still written."""
+    proc = subprocess.Popen(cmd, env=env)
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.report.summary import write_summary
 
@@ -67,7 +82,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     ]
     print(f"harness run -> {run_dir}\n$ {' '.join(cmd)}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    rc = subprocess.call(cmd, env=env)
+    rc = _call_forwarding_signals(cmd, env)
     t = write_summary(run_dir, title=f"mmharness {args.backend} gates")
     summary = (run_dir / "summary.md").read_text()
     print(summary)

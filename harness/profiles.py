@@ -61,8 +61,8 @@ class Topology:
             raise ValueError(f"topology {self.name}: router must be one of {ROUTERS}, got {self.router!r}")
         if self.expect not in ("pass", "fail"):
             raise ValueError(f"topology {self.name}: expect must be 'pass' or 'fail', got {self.expect!r}")
-        if self.router != "none" and self.workers < 1:
-            raise ValueError(f"topology {self.name}: a router needs at least one worker")
+        if self.workers < 1:
+            raise ValueError(f"topology {self.name}: workers must be at least 1, got {self.workers}")
 
 
 @dataclass(frozen=True)

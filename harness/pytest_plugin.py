@@ -88,8 +88,12 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "harness_case" in metafunc.fixturenames:
         directory = metafunc.config.getoption("--harness-profile-dir") or default_profile_dir()
-        cases = load_profiles(directory, backend=metafunc.config.getoption("--backend"))
-        metafunc.parametrize("harness_case", profiles.pytest_params(cases))
+        try:
+            cases = load_profiles(directory, backend=metafunc.config.getoption("--backend"))
+            params = profiles.pytest_params(cases)
+        except (ValueError, ImportError, SyntaxError, OSError) as exc:
+            raise pytest.UsageError(f"harness profiles in {directory}: {exc}") from None
+        metafunc.parametrize("harness_case", params)
 
 
 def _case_of(item: pytest.Item) -> Case | None:

@@ -177,7 +177,7 @@ def test_unknown_override_keys_rejected_by_name() -> None:
         ({"backend": "tpu"}, "backend"),
         ({"router": "nginx"}, "router"),
         ({"expect": "maybe"}, "expect"),
-        ({"router": "proxy", "workers": 0}, "at least one worker"),
+        ({"router": "proxy", "workers": 0}, "at least 1"),
     ],
 )
 def test_invalid_topology_rejected(kwargs: dict[str, Any], needle: str) -> None:
