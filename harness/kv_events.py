@@ -1,12 +1,17 @@
 """KV-cache events on the wire, shaped after vLLM's (``vllm/distributed/kv_events.py``).
 
 A publisher sends ZMQ PUB multipart messages ``(topic, seq as u64 big-endian, msgpack EventBatch)``; an
-EventBatch is ``[ts, [event, ...], data_parallel_rank]`` and each event an array whose first element is its
-tag: ``["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name]``,
-``["BlockRemoved", block_hashes, medium]``, ``["AllBlocksCleared"]`` (msgspec's ``array_like`` + ``tag``
-encoding, which is what vLLM emits). The simulated engine publishes them with
+EventBatch is ``[ts, [event, ...], data_parallel_rank]`` and each event an array whose first element is its tag
+(msgspec's ``array_like`` + ``tag`` encoding, which is what vLLM emits):
+
+- ``["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name,
+  extra_keys]``, with one entry of extra keys (LoRA, ``("mm", image hash, offset)``, cache salt) per block;
+- ``["BlockRemoved", block_hashes, medium]``;
+- ``["AllBlocksCleared"]``.
+
+The simulated engine publishes them with
 ``--kv-events-config '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:P"}'``
-and the proxy subscribes to keep an exact per-worker index.
+and the proxy subscribes to keep an exact per-worker index. Decoding tolerates vLLM's shorter arrays.
 """
 
 from __future__ import annotations
@@ -21,24 +26,48 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from harness.sim.kv_cache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = b"kv-events"
 
 
+@dataclass(frozen=True)
+class BlockStored:
+    block_hashes: tuple[int, ...]
+    parent_block_hash: int | None
+    token_ids: tuple[int, ...]
+    block_size: int
+    lora_name: str | None = None
+    #: Per block: the extra hash keys (LoRA, ("mm", image hash, offset), cache salt), or None.
+    extra_keys: tuple[tuple[object, ...] | None, ...] | None = None
+
+
+@dataclass(frozen=True)
+class BlockRemoved:
+    block_hashes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AllBlocksCleared:
+    pass
+
+
+KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
 def encode_event(event: KVEvent) -> list[Any]:
     if isinstance(event, BlockStored):
+        extra = [list(k) if k else None for k in event.extra_keys] if event.extra_keys is not None else None
         return [
             "BlockStored",
             list(event.block_hashes),
             event.parent_block_hash,
             list(event.token_ids),
             event.block_size,
-            None,
-            "GPU",
+            None,  # lora_id
+            "GPU",  # medium
             event.lora_name,
+            extra,
         ]
     if isinstance(event, BlockRemoved):
         return ["BlockRemoved", list(event.block_hashes), "GPU"]
@@ -52,12 +81,18 @@ def decode_event(raw: Sequence[Any]) -> KVEvent | None:
         tag = tag.decode()
     if tag == "BlockStored":
         lora_name = raw[7] if len(raw) > 7 else None
-        return BlockStored(tuple(raw[1]), raw[2], tuple(raw[3]), int(raw[4]), lora_name)
+        extra = raw[8] if len(raw) > 8 and raw[8] is not None else None
+        keys = tuple(_freeze(k) if k else None for k in extra) if extra is not None else None
+        return BlockStored(tuple(raw[1]), raw[2], tuple(raw[3]), int(raw[4]), lora_name, keys)
     if tag == "BlockRemoved":
         return BlockRemoved(tuple(raw[1]))
     if tag == "AllBlocksCleared":
         return AllBlocksCleared()
     return None
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
 
 
 def encode_batch(events: Sequence[KVEvent], ts: float | None = None, dp_rank: int = 0) -> bytes:

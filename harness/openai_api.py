@@ -7,6 +7,7 @@ status as ``code``; request ids follow the ``X-Request-Id`` convention (keep the
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,7 @@ _ERROR_TYPES = {
     401: "AuthenticationError",
     403: "PermissionDeniedError",
     404: "NotFoundError",
+    405: "MethodNotAllowedError",
     408: "RequestTimeoutError",
     413: "RequestEntityTooLargeError",
     422: "UnprocessableEntityError",
@@ -79,9 +81,14 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+#: Ids kept as clients send them; anything else (spaces, '=' ...) could forge ``key=value`` log records.
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/@+-]{1,128}$")
+
+
 def request_id_of(request: web.Request) -> str:
+    """The client's X-Request-Id when it is a safe token, else a fresh one."""
     rid = request.headers.get(REQUEST_ID_HEADER, "").strip()
-    return rid if rid and len(rid) <= 256 and rid.isprintable() else uuid.uuid4().hex
+    return rid if _SAFE_REQUEST_ID.match(rid) else uuid.uuid4().hex
 
 
 def sse_event(data: Any) -> bytes:

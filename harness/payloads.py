@@ -94,28 +94,6 @@ def chat_body(model: str, messages: list[dict[str, Any]], max_tokens: int = 32, 
     return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, **extra}
 
 
-def response_problems(body: Any) -> list[str]:
-    """What is wrong with a chat completion body, as the gates need it (empty list: nothing)."""
-    problems = []
-    if not isinstance(body, dict):
-        return ["response is not a JSON object"]
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices:
-        problems.append("no choices")
-    elif not isinstance((choices[0].get("message") or {}).get("content"), str):
-        problems.append("choices[0].message.content is not a string")
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        problems.append("no usage block")
-    else:
-        details = usage.get("prompt_tokens_details")
-        if not isinstance(details, dict) or not isinstance(details.get("cached_tokens"), int):
-            problems.append(
-                "usage.prompt_tokens_details.cached_tokens is missing (vLLM needs --enable-prompt-tokens-details)"
-            )
-    return problems
-
-
 def make_lora_adapter(root: Path, name: str, base_model: str, rank: int = 8, seed: int = 0) -> Path:
     """A small, valid PEFT LoRA adapter (config + safetensors) for the simulated stack's LoRA payload."""
     import json

@@ -110,7 +110,8 @@ start_worker() {
   local extra=($HARNESS_EXTRA_WORKER_ARGS)
   case "$HARNESS_BACKEND" in
     sim)
-      local sim=(--sim-gpu-index "$gpu" --speedup "${HARNESS_SIM_SPEEDUP:-0}")
+      # Real-time step costs (speedup 1) so concurrent requests overlap as they would on a GPU.
+      local sim=(--sim-gpu-index "$gpu" --speedup "${HARNESS_SIM_SPEEDUP:-1}" --enable-prompt-tokens-details)
       [ -n "${HARNESS_ASSET_DIR:-}" ] && sim+=(--asset-dir "$HARNESS_ASSET_DIR")
       [ -n "${HARNESS_MM_FAMILY:-}" ] && sim+=(--mm-family "$HARNESS_MM_FAMILY")
       spawn "worker$i" env PYTHONHASHSEED=0 "$HARNESS_PYTHON" -m harness.sim.worker --model "$HARNESS_MODEL" \

@@ -1,7 +1,7 @@
 """Real vLLM on GPUs: the same shapes as sim.py, with measured VRAM profiles and KV-cache caps.
 
-``profiled_vram_gib`` is the peak a case needs on one GPU (weights + KV cap + activations/graphs), measured with
-``harness vram``; the scheduler packs cases by it and ``--max-vram-gib`` deselects what does not fit.
+``profiled_vram_gib`` is the peak a case needs on one GPU (weights + KV cap + activations/graphs), as measured on
+the GPU for each entry; ``--max-vram-gib`` deselects what does not fit, and cases with no figure at all.
 """
 
 from harness.profiles import Case, ModelProfile, Topology

@@ -5,7 +5,8 @@ Controls are strict xfails: they must fail the gate.
 """
 
 from harness.gate import GateResult
+from harness.profiles import Case
 
 
-def test_mm_gate(harness_gate: GateResult) -> None:
-    assert harness_gate.passed, harness_gate.report()
+def test_mm_gate(harness_case: Case, harness_gate: GateResult) -> None:
+    harness_gate.assert_verdict(control=harness_case.is_control)

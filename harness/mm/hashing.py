@@ -1,9 +1,10 @@
 """Prefix-cache block hashes, after vLLM's ``kv_cache_utils.hash_block_tokens``.
 
 Each full block hashes (parent hash, its token ids, extra keys). Extra keys carry what token ids cannot:
-the LoRA adapter on every block, ``("mm", image hash, offset of the image relative to the block start)`` for
-every image whose placeholder run overlaps the block, and the cache salt on the first block. Two prompts with
-identical placeholder tokens but different images therefore diverge at the first block that covers an image.
+the LoRA adapter (name and path) on every block, ``("mm", image hash, offset of the image relative to the
+block start)`` for every image whose placeholder run overlaps the block, and the cache salt on the first
+block. Two prompts with identical placeholder tokens but different images therefore diverge at the first block
+that covers an image.
 
 The hash is blake2b truncated to 64 bits over a canonical byte encoding, so every process (engine, proxy,
 event consumer) computes the same value without a pinned PYTHONHASHSEED.
@@ -28,6 +29,8 @@ class BlockKeyContext:
     """Request-wide parts of the key: the LoRA adapter and the cache salt."""
 
     lora_name: str | None = None
+    #: The adapter's path as the worker loaded it: a changed adapter under the same name must not hit old blocks.
+    lora_path: str | None = None
     cache_salt: str | None = None
 
 
@@ -47,7 +50,7 @@ def block_extra_keys(
 ) -> tuple[object, ...] | None:
     keys: list[object] = []
     if ctx.lora_name:
-        keys.append(("lora", ctx.lora_name))
+        keys.append(("lora", ctx.lora_name, ctx.lora_path))
     for item in mm_items:
         if item.offset < end and item.offset + item.length > start:
             keys.append(("mm", item.hash, item.offset - start))
@@ -64,10 +67,12 @@ def block_hashes(
     *,
     start_block: int = 0,
     parent: int = NONE_HASH,
+    extras_out: list[tuple[object, ...] | None] | None = None,
 ) -> list[int]:
     """Chained hashes of the full blocks of ``token_ids`` from ``start_block`` on.
 
-    ``parent`` must be the hash of block ``start_block - 1`` when resuming a chain (decode blocks).
+    ``parent`` must be the hash of block ``start_block - 1`` when resuming a chain (decode blocks). Each block's
+    extra keys are appended to ``extras_out`` when given (KV events publish them).
     """
     out: list[int] = []
     n_full = len(token_ids) // block_size
@@ -82,4 +87,6 @@ def block_hashes(
         extra = block_extra_keys(start, end, overlapping, ctx)
         parent = hash_block(parent, token_ids[start:end], extra)
         out.append(parent)
+        if extras_out is not None:
+            extras_out.append(extra)
     return out

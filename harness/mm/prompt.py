@@ -171,7 +171,11 @@ def render_text(prompt: str | Sequence[int]) -> Prompt:
 
 def completion_prompt(value: Any) -> Prompt:
     """The ``prompt`` of a /v1/completions request: text, token ids, or a one-element batch of either."""
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+    if isinstance(value, list) and value and all(isinstance(v, (str, list)) for v in value):
+        if len(value) > 1:
+            raise PromptError(
+                f"batched prompts ({len(value)} in one request) are not supported; send one per request", "prompt"
+            )
         value = value[0]
     if not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
         raise PromptError("prompt must be a string or a non-empty list of token ids (one prompt per request)", "prompt")

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from harness.sim.kv_cache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from harness.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 
 class PredictedIndex:

@@ -218,9 +218,13 @@ class Proxy:
             counter.inc(len(events))
 
     # -- routing key -----------------------------------------------------------------------------------------
-    async def routing_key(self, body: dict[str, Any], chat: bool, lora: str | None) -> RoutingKey:
+    async def routing_key(self, body: dict[str, Any], chat: bool, adapter: AdapterInfo | None) -> RoutingKey:
         salt = body.get("cache_salt")
-        ctx = BlockKeyContext(lora_name=lora, cache_salt=salt if isinstance(salt, str) and salt else None)
+        ctx = BlockKeyContext(
+            lora_name=adapter.name if adapter else None,
+            lora_path=str(adapter.path) if adapter else None,  # exactly what the worker is told to load
+            cache_salt=salt if isinstance(salt, str) and salt else None,
+        )
         prompt = await self._prompt(body, chat)
         hashes = block_hashes(prompt.token_ids, self.cfg.block_size, prompt.mm_items, ctx)
         return RoutingKey(hashes, prompt.num_tokens)
@@ -449,7 +453,7 @@ class Proxy:
         adapter = self.resolve_adapter(body.get("model"))
         key = None
         if self.router.uses_kv:
-            key = await self.routing_key(body, chat, adapter.name if adapter else None)
+            key = await self.routing_key(body, chat, adapter)
         if self.cfg.inline_assets and chat and self.inline_assets(body):
             data = orjson.dumps(body)
         stream = bool(body.get("stream", False))

@@ -26,6 +26,7 @@ class WorkerConfig:
     max_model_len: int | None = None
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
+    enable_prompt_tokens_details: bool = False
     # Timing
     speedup: float = 1.0
     step_overhead_ms: float = 3.0
@@ -46,7 +47,6 @@ class WorkerConfig:
     kv_events_config: dict = field(default_factory=dict)
     # LoRA
     enable_lora: bool = False
-    max_loras: int = 4
     max_lora_rank: int = 64
     lora_modules: list[tuple[str, str]] = field(default_factory=list)
     # Simulated GPU
@@ -117,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
     g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
     g.add_argument("--enable-prefix-caching", action="store_true", help="accepted for vLLM parity (always on)")
-    g.add_argument("--enable-prompt-tokens-details", action="store_true", help="accepted (always on)")
+    g.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="report usage.prompt_tokens_details.cached_tokens (vLLM omits it without this flag)",
+    )
     g.add_argument(
         "--kv-events-config",
         type=_json_dict("--kv-events-config"),
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)
     lo = p.add_argument_group("LoRA")
     lo.add_argument("--enable-lora", action="store_true")
-    lo.add_argument("--max-loras", type=int, default=d.max_loras)
+    lo.add_argument("--max-loras", type=int, default=4, help="accepted for vLLM parity")
     lo.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
     lo.add_argument("--max-cpu-loras", type=int, default=None, help="accepted for vLLM parity")
     lo.add_argument("--lora-modules", type=_lora_module, nargs="+", default=[])
@@ -176,12 +180,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
 
     ns = build_parser().parse_args(argv)
     values = vars(ns)
-    for ignored in (
-        "enable_prefix_caching",
-        "enable_prompt_tokens_details",
-        "enforce_eager",
-        "max_cpu_loras",
-    ):
+    for ignored in ("enable_prefix_caching", "enforce_eager", "max_cpu_loras", "max_loras"):  # parity only
         values.pop(ignored)
     if values["sim_gpu_index"] is None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()

@@ -74,6 +74,7 @@ class Request:
 
     # Cache state
     block_hashes: list[int] = field(default_factory=list)
+    block_extras: list[tuple[object, ...] | None] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
     num_published: int = 0
     num_cached_tokens: int = -1  # -1 until first scheduled
@@ -149,7 +150,10 @@ class Engine:
             self._task = None
 
     def add_request(self, req: Request) -> None:
-        req.block_hashes = block_hashes(req.prompt.token_ids, self.block_size, req.prompt.mm_items, req.key_ctx)
+        req.block_extras = []
+        req.block_hashes = block_hashes(
+            req.prompt.token_ids, self.block_size, req.prompt.mm_items, req.key_ctx, extras_out=req.block_extras
+        )
         req.prefill_target = req.prompt_len
         self.waiting.append(req)
         self._wakeup.set()
@@ -324,21 +328,31 @@ class Engine:
         if full > len(req.block_hashes):
             tokens = req.prompt.token_ids + req.outputs
             parent = req.block_hashes[-1] if req.block_hashes else NONE_HASH
-            req.block_hashes.extend(
-                block_hashes(
-                    tokens,
-                    self.block_size,
-                    req.prompt.mm_items,
-                    req.key_ctx,
-                    start_block=len(req.block_hashes),
-                    parent=parent,
-                )[: full - len(req.block_hashes)]
+            need = full - len(req.block_hashes)
+            extras: list[tuple[object, ...] | None] = []
+            new = block_hashes(
+                tokens[: full * self.block_size],
+                self.block_size,
+                req.prompt.mm_items,
+                req.key_ctx,
+                start_block=len(req.block_hashes),
+                parent=parent,
+                extras_out=extras,
             )
+            req.block_hashes.extend(new[:need])
+            req.block_extras.extend(extras[:need])
         lo = req.num_published
         parent = req.block_hashes[lo - 1] if lo else None
         bs = self.block_size
         tokens = req.prompt.token_ids[lo * bs : full * bs]
         if len(tokens) < (full - lo) * bs:
             tokens = (req.prompt.token_ids + req.outputs)[lo * bs : full * bs]
-        self.pool.cache_blocks(req.blocks[lo:full], req.block_hashes[lo:full], tokens, parent, req.key_ctx.lora_name)
+        self.pool.cache_blocks(
+            req.blocks[lo:full],
+            req.block_hashes[lo:full],
+            tokens,
+            parent,
+            req.key_ctx.lora_name,
+            req.block_extras[lo:full],
+        )
         req.num_published = full

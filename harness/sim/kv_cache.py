@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from harness.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+
 
 class Block:
     __slots__ = ("block_hash", "block_id", "ref_cnt")
@@ -24,28 +26,6 @@ class Block:
 
     def __repr__(self) -> str:
         return f"Block({self.block_id}, ref={self.ref_cnt}, hash={self.block_hash})"
-
-
-@dataclass(frozen=True)
-class BlockStored:
-    block_hashes: tuple[int, ...]
-    parent_block_hash: int | None
-    token_ids: tuple[int, ...]
-    block_size: int
-    lora_name: str | None = None
-
-
-@dataclass(frozen=True)
-class BlockRemoved:
-    block_hashes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class AllBlocksCleared:
-    pass
-
-
-KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
 
 @dataclass
@@ -129,6 +109,7 @@ class BlockPool:
         token_ids: Sequence[int],
         parent: int | None,
         lora_name: str | None = None,
+        extra_keys: Sequence[tuple[object, ...] | None] | None = None,
     ) -> None:
         """Publish full blocks under their hashes. A hash already cached by another block stays with it.
 
@@ -163,6 +144,7 @@ class BlockPool:
                     token_ids=tuple(token_ids[start * bs : (start + len(stored)) * bs]),
                     block_size=bs,
                     lora_name=lora_name,
+                    extra_keys=tuple(extra_keys[start : start + len(stored)]) if extra_keys is not None else None,
                 )
             )
 

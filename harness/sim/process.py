@@ -25,6 +25,7 @@ class WorkerHandle:
 
 
 def worker_argv(model: str, port: int, name: str, extra: Sequence[str] = ()) -> list[str]:
+    """The command line of a simulated worker, reporting cached tokens as the launch scripts configure vLLM."""
     return [
         sys.executable,
         "-m",
@@ -35,6 +36,7 @@ def worker_argv(model: str, port: int, name: str, extra: Sequence[str] = ()) -> 
         str(port),
         "--worker-name",
         name,
+        "--enable-prompt-tokens-details",
         *extra,
     ]
 

@@ -392,14 +392,16 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _usage(req: Request) -> dict[str, Any]:
+def _usage(req: Request, details: bool) -> dict[str, Any]:
     completion = len(req.outputs)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": req.prompt_len,
         "total_tokens": req.prompt_len + completion,
         "completion_tokens": completion,
-        "prompt_tokens_details": {"cached_tokens": max(req.num_cached_tokens, 0)},
     }
+    if details:  # like vLLM, only with --enable-prompt-tokens-details
+        usage["prompt_tokens_details"] = {"cached_tokens": max(req.num_cached_tokens, 0)}
+    return usage
 
 
 def _visible_text(token_ids: Sequence[int]) -> str:
@@ -423,10 +425,14 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         request_id=rid,
         prompt=rendered.prompt,
         plan=plan_output(rendered.answer, params),
-        key_ctx=BlockKeyContext(lora_name=lora, cache_salt=salt or None),
+        key_ctx=BlockKeyContext(
+            lora_name=lora, lora_path=w.loras.adapters[lora].path if lora else None, cache_salt=salt or None
+        ),
     )
     model_name = body.get("model") or w.cfg.model_name
     stream = bool(body.get("stream", False))
+    if body.get("stream_options") is not None and not stream:
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
     opts = body.get("stream_options") or {}
     include_usage = bool(opts.get("include_usage", False)) if isinstance(opts, dict) else False
     w.engine.add_request(req)
@@ -467,7 +473,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         "created": int(time.time()),
         "model": model_name,
         "choices": [choice],
-        "usage": _usage(req),
+        "usage": _usage(req, w.cfg.enable_prompt_tokens_details),
     }
     return json_response(payload, headers=_headers(w, rid))
 
@@ -521,7 +527,7 @@ async def _stream(
         if req.finished and sent == len(req.outputs):
             break
     if include_usage:
-        await resp.write(chunk([], _usage(req)))
+        await resp.write(chunk([], _usage(req, w.cfg.enable_prompt_tokens_details)))
     await resp.write(SSE_DONE)
     await resp.write_eof()
     return resp

@@ -62,6 +62,25 @@ def test_round_robin_control_fails_on_colocation(tmp_path: Path, images: ImageSe
     assert {"repeat hits the image blocks", "repeat co-locates"} <= failed(result)
 
 
+@pytest.mark.routers
+@pytest.mark.parametrize(
+    ("case_id", "module"),
+    [
+        ("mm_vllm_router_cache_aware_qwen3-vl-2b", "vllm_router"),
+        ("mm_sglang_router_cache_aware_qwen3-vl-2b", "sglang_router"),
+    ],
+)
+def test_third_party_routers_fail_on_routing_behaviour(
+    case_id: str, module: str, tmp_path: Path, images: ImageServer
+) -> None:
+    """Both cache_aware routers serve multimodal traffic, but neither keeps images apart: each fails a routing
+    check (the verdict is behavioural: they keep no routing records for the gate to read)."""
+    pytest.importorskip(module)
+    result = gate(case_id, tmp_path, images)
+    assert "health" not in result.failed_kinds(), result.report()
+    assert "routing" in result.failed_kinds(), result.report()
+
+
 def test_harness_run_pre_merge_writes_a_green_report(tmp_path: Path) -> None:
     """`harness run -m pre_merge` end to end: gates pass, controls are rejected, the report says so."""
     proc = subprocess.run(

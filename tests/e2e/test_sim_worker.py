@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import httpx
@@ -452,3 +453,22 @@ def test_geometry_from_local_model_dir(sim_workers, tmp_path: Path) -> None:
     ).json()
     assert r["features"]["mm_placeholders"]["image"][0]["length"] == 999  # REFERENCE.md: Qwen2.5-VL 1024x768
     assert os.path.basename(str(model_dir)) in w.proc.log_tail(50)
+
+
+def test_prompt_tokens_details_only_with_the_flag(tmp_path: Path) -> None:
+    """Like vLLM: without --enable-prompt-tokens-details the usage block has no cached_tokens (the gate then fails
+    with a message naming the flag)."""
+    from harness.ports import allocate_ports, release_ports
+    from harness.procs import spawn, wait_http_ready
+    from harness.sim.process import worker_env
+
+    (port,) = allocate_ports(1)
+    argv = [sys.executable, "-m", "harness.sim.worker", "--model", MODEL, "--port", str(port), *FAST]
+    proc = spawn("bare", argv, tmp_path / "bare.log", env=worker_env())
+    try:
+        wait_http_ready(f"http://127.0.0.1:{port}/health", proc, 30)
+        usage = chat(f"http://127.0.0.1:{port}", [{"role": "user", "content": "hi"}])["usage"]
+        assert "prompt_tokens_details" not in usage and usage["prompt_tokens"] > 0
+    finally:
+        proc.terminate()
+        release_ports([port])

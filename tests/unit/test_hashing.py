@@ -57,7 +57,7 @@ def naive_block_hashes(
         start, end = b * block_size, (b + 1) * block_size
         keys: list[object] = []
         if lora:
-            keys.append(("lora", lora))
+            keys.append(("lora", lora, None))
         for it in sorted(items, key=lambda i: i.offset):
             if it.offset < end and start < it.offset + it.length:
                 keys.append(("mm", it.hash, it.offset - start))
@@ -242,7 +242,7 @@ def test_lora_key_on_every_block() -> None:
     assert all(x != y for x, y in zip(lora, other, strict=True))
     for b in range(1, 4):  # the key itself is on later blocks, not only inherited through the chain
         assert lora[b] != hash_block(lora[b - 1], ids[b * B : (b + 1) * B], None)
-        assert lora[b] == hash_block(lora[b - 1], ids[b * B : (b + 1) * B], (("lora", "sql-adapter"),))
+        assert lora[b] == hash_block(lora[b - 1], ids[b * B : (b + 1) * B], (("lora", "sql-adapter", None),))
 
 
 def test_cache_salt_only_on_first_block_but_chain_propagates() -> None:
@@ -260,7 +260,11 @@ def test_cache_salt_only_on_first_block_but_chain_propagates() -> None:
 
 def test_key_order_lora_mm_salt() -> None:
     ctx = BlockKeyContext(lora_name="L", cache_salt="S")
-    assert block_extra_keys(0, 16, [MMItem("h", 3, 4)], ctx) == (("lora", "L"), ("mm", "h", 3), ("cache_salt", "S"))
+    assert block_extra_keys(0, 16, [MMItem("h", 3, 4)], ctx) == (
+        ("lora", "L", None),
+        ("mm", "h", 3),
+        ("cache_salt", "S"),
+    )
 
 
 def test_empty_lora_and_salt_are_no_keys() -> None:
@@ -316,3 +320,11 @@ def test_hashes_independent_of_pythonhashseed() -> None:
     env = {**os.environ, "PYTHONHASHSEED": "987654"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == expected
+
+
+def test_lora_path_is_part_of_the_key() -> None:
+    """A changed adapter re-registered under the same name must not hit blocks computed with the old one."""
+    toks = list(range(300, 332))
+    old = block_hashes(toks, 16, (), BlockKeyContext(lora_name="a", lora_path="/adapters/a@v1"))
+    new = block_hashes(toks, 16, (), BlockKeyContext(lora_name="a", lora_path="/adapters/a@v2"))
+    assert old[0] != new[0] and old[1] != new[1]

@@ -47,7 +47,7 @@ def test_batch_default_timestamp_is_now() -> None:
 
 
 def test_encoded_shape_matches_vllm() -> None:
-    assert encode_event(STORED) == ["BlockStored", [11, 12], 10, list(range(32)), 16, None, "GPU", None]
+    assert encode_event(STORED) == ["BlockStored", [11, 12], 10, list(range(32)), 16, None, "GPU", None, None]
     assert encode_event(REMOVED) == ["BlockRemoved", [11, 12, 13], "GPU"]
     assert encode_event(CLEARED) == ["AllBlocksCleared"]
     ts, events, dp_rank = msgpack.unpackb(encode_batch([REMOVED], ts=1.0, dp_rank=2))
@@ -160,3 +160,13 @@ def test_pub_sub_round_trip() -> None:
     tail = received[-3:]
     assert [events for _, events in tail] == [[REMOVED], [STORED_LORA, CLEARED], [STORED]]
     assert [seq for seq, _ in tail] == list(range(tail[0][0], tail[0][0] + 3))
+
+
+def test_block_stored_carries_extra_keys_per_block() -> None:
+    """Image hashes reach subscribers: each stored block's ("mm", hash, offset) keys survive the wire."""
+    from harness.kv_events import BlockStored, decode_batch, encode_batch
+
+    event = BlockStored((1, 2), None, tuple(range(32)), 16, "lora-a",
+                        ((("lora", "lora-a", "/p"), ("mm", "abc", 5)), None))
+    _, (back,) = decode_batch(encode_batch([event]))
+    assert back == event
