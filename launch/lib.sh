@@ -69,6 +69,11 @@ cleanup() {
     sleep 0.1
   done
   for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  # Components' own children (vLLM's engine processes, ...) share our process group when we lead it.
+  if [ "$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' ')" = "$$" ]; then
+    trap '' TERM
+    kill -TERM -- -$$ 2>/dev/null
+  fi
 }
 trap cleanup EXIT
 trap 'exit 143' TERM
@@ -132,26 +137,49 @@ start_worker() {
 
 # wait_ready URL PID NAME: wait for URL to answer 200; fail fast if PID exits; give up at the deadline.
 wait_ready() {
-  local url=$1 pid=$2 name=$3 deadline=$((SECONDS + HARNESS_READY_TIMEOUT))
-  while ! http_ok "$url"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      wait "$pid"
-      local rc=$?
-      tail -n 20 "$(log_file "$name")" >&2
-      die "$name exited with code $rc before it was ready (log: $(log_file "$name"))"
-    fi
-    [ "$SECONDS" -ge "$deadline" ] && die "$name not ready at $url after ${HARNESS_READY_TIMEOUT}s"
+  wait_all_ready "$1" "$2" "$3"
+}
+
+# wait_all_ready URL PID NAME [URL PID NAME ...]: phase 2. Polls every component each round, so the first one
+# to die fails the phase at once (naming it and its exit code), whichever it is; one deadline for all.
+wait_all_ready() {
+  local deadline=$((SECONDS + HARNESS_READY_TIMEOUT))
+  local -a pending=("$@")
+  while [ "${#pending[@]}" -gt 0 ]; do
+    local still=() i
+    for ((i = 0; i < ${#pending[@]}; i += 3)); do
+      local url=${pending[$i]} pid=${pending[$((i + 1))]} name=${pending[$((i + 2))]}
+      if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid"
+        local rc=$?
+        tail -n 20 "$(log_file "$name")" >&2
+        die "$name exited with code $rc before it was ready (log: $(log_file "$name"))"
+      fi
+      http_ok "$url" || still+=("$url" "$pid" "$name")
+    done
+    pending=("${still[@]}")
+    [ "${#pending[@]}" -eq 0 ] && break
+    [ "$SECONDS" -ge "$deadline" ] && die "${pending[2]} not ready at ${pending[0]} after ${HARNESS_READY_TIMEOUT}s"
     sleep 0.1
   done
+}
+
+# alloc_ports N: N free loopback ports, reserved race-free (harness.ports) when the harness is importable.
+alloc_ports() {
+  "$HARNESS_PYTHON" -c 'import sys; from harness.ports import allocate_ports; print(*allocate_ports(int(sys.argv[1])))' "$1" \
+    || die "cannot allocate $1 ports (is the harness installed for $HARNESS_PYTHON?)"
 }
 
 # start_workers: phase 1 launches every worker, phase 2 waits for all (or, with HARNESS_SERIAL_BOOT=1,
 # boots them one after another, for comparison).
 start_workers() {
-  require_env HARNESS_MODEL HARNESS_WORKER_PORTS HARNESS_KV_CACHE_BYTES
-  local ports i
+  require_env HARNESS_MODEL HARNESS_KV_CACHE_BYTES
+  local ports i n
+  if [ -z "${HARNESS_WORKER_PORTS:-}" ]; then  # standalone use: pick our own
+    HARNESS_WORKER_PORTS=$(alloc_ports "${HARNESS_NUM_WORKERS:-1}")
+  fi
   read -r -a ports <<<"$HARNESS_WORKER_PORTS"
-  local n=${HARNESS_NUM_WORKERS:-${#ports[@]}}
+  n=${HARNESS_NUM_WORKERS:-${#ports[@]}}
   [ "${#ports[@]}" -ge "$n" ] || die "HARNESS_WORKER_PORTS has ${#ports[@]} ports for $n workers"
   if [ "${HARNESS_SERIAL_BOOT:-0}" = 1 ]; then
     for ((i = 0; i < n; i++)); do
@@ -163,15 +191,18 @@ start_workers() {
   fi
   for ((i = 0; i < n; i++)); do start_worker "$i" "${ports[$i]}"; done
   phase launch_workers
-  for ((i = 0; i < n; i++)); do wait_ready "${WORKER_URLS[$i]}/health" "${PIDS[$i]}" "worker$i"; done
+  local waits=()
+  for ((i = 0; i < n; i++)); do waits+=("${WORKER_URLS[$i]}/health" "${PIDS[$i]}" "worker$i"); done
+  wait_all_ready "${waits[@]}"
   phase wait_workers
 }
 
 # start_router: the front door on HARNESS_HTTP_PORT, or worker 0 itself when HARNESS_ROUTER=none.
 start_router() {
-  require_env HARNESS_HTTP_PORT
+  [ -n "${HARNESS_HTTP_PORT:-}" ] || HARNESS_HTTP_PORT=$(alloc_ports 1)
   local port=$HARNESS_HTTP_PORT url="http://127.0.0.1:$HARNESS_HTTP_PORT"
-  local metrics=${HARNESS_ROUTER_METRICS_PORT:-$((port + 1))}
+  local metrics=${HARNESS_ROUTER_METRICS_PORT:-}
+  case "$HARNESS_ROUTER" in vllm-router | sglang-router) [ -n "$metrics" ] || metrics=$(alloc_ports 1) ;; esac
   # shellcheck disable=SC2206
   local extra=($HARNESS_EXTRA_ROUTER_ARGS)
   case "$HARNESS_ROUTER" in

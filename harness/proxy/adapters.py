@@ -66,6 +66,18 @@ class AdapterCatalog:
     registry: dict[str, dict] = field(default_factory=dict)
     _cache: dict[str, tuple[tuple[float, int, float, int], AdapterInfo]] = field(default_factory=dict)
 
+    def available(self) -> dict[str, Path]:
+        """Adapters a request may name: registry entries and ``root/<name>/`` directories with a config."""
+        found: dict[str, Path] = {}
+        if self.root is not None and self.root.is_dir():
+            for path in sorted(self.root.iterdir()):
+                if _NAME_RE.match(path.name) and (path / CONFIG_FILE).is_file():
+                    found[path.name] = path
+        for name, entry in self.registry.items():
+            if entry.get("path"):
+                found[name] = Path(entry["path"])
+        return found
+
     def _locate(self, name: str) -> Path:
         if not _NAME_RE.match(name):
             raise AdapterError(name, self.base_model, "not a valid adapter name", status=404)

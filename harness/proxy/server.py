@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from harness.openai_api import (
     exception_response,
     json_response,
     request_id_of,
+    sse_event,
 )
 from harness.proxy.adapters import AdapterCatalog, AdapterError, AdapterInfo
 from harness.proxy.config import ProxyConfig, parse_args
@@ -109,6 +111,7 @@ class Proxy:
         )
         self.catalog = AdapterCatalog(cfg.adapter_dir, cfg.model, cfg.max_lora_rank, dict(cfg.adapter_registry))
         self.session: aiohttp.ClientSession | None = None
+        self.created = int(time.time())
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribers: list[EventSubscriber] = []
 
@@ -408,8 +411,7 @@ class Proxy:
             aiohttp.ClientPayloadError,
         ) as exc:
             if out is not None:  # bytes already reached the client: nothing can be retried
-                log.error("request_id=%s worker %s failed mid-stream: %s", rid, w.name, exc)
-                raise
+                return await self._end_broken_stream(out, w, rid, exc)
             raise RetryableError(f"{type(exc).__name__}: {exc}") from None
         except TimeoutError:
             raise ApiError(
@@ -423,6 +425,21 @@ class Proxy:
             if prefill_pending:
                 w.active_prefill_tokens -= prefill_tokens
             self.metrics.child(self.metrics.worker_running, w.name).set(w.running)
+
+    async def _end_broken_stream(
+        self, out: web.StreamResponse, w: WorkerState, rid: str, exc: Exception
+    ) -> web.StreamResponse:
+        """The worker died mid-stream: tell the client in-band (vLLM's streaming error shape), take the worker
+        out, and close the stream without ``[DONE]`` so no client mistakes it for a complete answer."""
+        log.warning("request_id=%s worker %s failed mid-stream: %s", rid, w.name, exc)
+        self._set_health(w, False, f"failed mid-stream: {type(exc).__name__}")
+        error = ApiError(
+            502, f"worker {w.name} ({w.url}) failed mid-stream: {type(exc).__name__}", None, "BadGatewayError"
+        )
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await out.write(sse_event(error.body()))
+            await out.write_eof()
+        return out
 
     def inline_assets(self, body: dict[str, Any]) -> bool:
         """Replace mmfile:// references with data URLs (for workers that cannot read the asset dir)."""
@@ -587,16 +604,23 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
+    """vLLM's model list: the base model and every adapter the proxy can serve (loaded on demand)."""
     proxy = request.app[PROXY]
-    cards = [{"id": proxy.cfg.model, "object": "model", "owned_by": "vllm", "root": proxy.cfg.model, "parent": None}]
-    seen = set()
-    for w in proxy.workers:
-        for name in w.adapters:
-            if name not in seen:
-                seen.add(name)
-                cards.append(
-                    {"id": name, "object": "model", "owned_by": "vllm", "root": name, "parent": proxy.cfg.model}
-                )
+
+    def card(model_id: str, root: str, parent: str | None) -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": proxy.created,
+            "owned_by": "vllm",
+            "root": root,
+            "parent": parent,
+            "max_model_len": None,
+            "permission": [],
+        }
+
+    cards = [card(proxy.cfg.model, proxy.cfg.model, None)]
+    cards += [card(name, str(path), proxy.cfg.model) for name, path in proxy.catalog.available().items()]
     return json_response({"object": "list", "data": cards})
 
 

@@ -336,6 +336,9 @@ def test_lora_validation_errors_are_typed(stack_factory, tmp_path: Path) -> None
         err = r.json()["error"]
         assert name in err["message"] and MODEL in err["message"] and reason in err["message"]
         assert err["type"] == "AdapterValidationError" and err["param"] == "model"
+    cards = {c["id"]: c for c in httpx.get(f"{s.url}/v1/models").json()["data"]}
+    assert cards[MODEL]["parent"] is None and {"created", "max_model_len", "permission"} <= set(cards[MODEL])
+    assert cards["dora"]["parent"] == MODEL and cards["dora"]["root"] == str(adapters / "dora")
     unknown = s.chat(msgs, model="no-such-adapter")
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "NotFoundError"
     assert worker_adapters(s.workers[0]) == set()  # nothing invalid ever reached a worker
@@ -481,3 +484,33 @@ def test_lora_lru_evicts_least_recently_used(stack_factory, tmp_path: Path) -> N
     assert worker_adapters(w) == {"lru-a", "lru-c"}
     assert "[LORA] evicted adapter=lru-b" in s.log()
     assert sum("[LORA] cold load" in ln for ln in s.log().splitlines()) == 3
+
+
+def test_worker_dying_mid_stream_ends_the_stream_with_an_error(stack_factory) -> None:
+    s = stack_factory(
+        1, "kv_mm", worker_args=("--speedup", "1", "--kv-cache-memory-bytes", "1000000000", "--max-model-len", "8192")
+    )
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "go on"}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    events: list[str] = []
+    with httpx.stream("POST", f"{s.url}/v1/chat/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(line)
+            if len(events) == 3:  # streaming is under way: kill the worker
+                s.workers[0].proc.signal_group(signal.SIGKILL)
+                break
+        events.extend(line for line in lines if line.startswith("data: "))
+    assert events[-1] != "data: [DONE]"
+    error = json.loads(events[-1][len("data: ") :])["error"]
+    assert error["code"] == 502 and "mid-stream" in error["message"] and s.workers[0].name in error["message"]
+    health = httpx.get(f"{s.url}/workers").json()[0]["healthy"]
+    assert health is False
+    assert "Traceback" not in s.log()

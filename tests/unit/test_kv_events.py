@@ -166,7 +166,8 @@ def test_block_stored_carries_extra_keys_per_block() -> None:
     """Image hashes reach subscribers: each stored block's ("mm", hash, offset) keys survive the wire."""
     from harness.kv_events import BlockStored, decode_batch, encode_batch
 
-    event = BlockStored((1, 2), None, tuple(range(32)), 16, "lora-a",
-                        ((("lora", "lora-a", "/p"), ("mm", "abc", 5)), None))
+    event = BlockStored(
+        (1, 2), None, tuple(range(32)), 16, "lora-a", ((("lora", "lora-a", "/p"), ("mm", "abc", 5)), None)
+    )
     _, (back,) = decode_batch(encode_batch([event]))
     assert back == event
