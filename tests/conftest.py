@@ -2,44 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.image_server import ImageServer
 from harness.sim.process import WorkerHandle, start_workers, stop_workers
 from tests.helpers import MODEL
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 
 
-class ImageServer:
-    def __init__(self, root: Path, port: int) -> None:
-        self.root = root
-        self.port = port
-
-    def add(self, name: str, data: bytes) -> str:
-        (self.root / name).write_bytes(data)
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-
 @pytest.fixture(scope="session")
 def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageServer]:
-    root = tmp_path_factory.mktemp("images")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield ImageServer(root, server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with ImageServer(tmp_path_factory.mktemp("images")) as server:
+        yield server
 
 
 WorkerFactory = Callable[..., list[WorkerHandle]]

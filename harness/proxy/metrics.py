@@ -12,7 +12,9 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 class ProxyMetrics:
     def __init__(self) -> None:
-        self._children: dict[tuple[str, tuple[str, ...]], object] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
+        self.routed_tokens = 0  # the hit-rate gauge's inputs, kept here rather than read back from the counters
+        self.predicted_tokens = 0
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.decisions = Counter(
             "harness_proxy_routing_decisions", "Routing decisions.", ("worker", "policy"), registry=r
@@ -59,12 +61,17 @@ class ProxyMetrics:
 
     def child(self, metric, *labels: str):  # type: ignore[no-untyped-def]
         """``metric.labels(*labels)``, memoized: the per-request path should not re-resolve label sets."""
-        key = (metric._name, labels)
+        key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
 
     def _hit_rate(self) -> float:
-        total = self.prompt_tokens._value.get()
-        return self.predicted_cached_tokens._value.get() / total if total else 0.0
+        return self.predicted_tokens / self.routed_tokens if self.routed_tokens else 0.0
+
+    def count_prediction(self, prompt_tokens: int, predicted_cached: int) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+        self.predicted_cached_tokens.inc(predicted_cached)
+        self.routed_tokens += prompt_tokens
+        self.predicted_tokens += predicted_cached

@@ -37,7 +37,7 @@ class CostWeights:
     running: float = 16.0  # per running request on the worker, in token-equivalents
 
 
-def kv_cost(c: Candidate, total_blocks: int, block_size: int, prompt_tokens: int, w: CostWeights) -> float:
+def kv_cost(c: Candidate, block_size: int, prompt_tokens: int, w: CostWeights) -> float:
     new_tokens = max(prompt_tokens - c.overlap_blocks * block_size, 0)
     return w.overlap * new_tokens + w.prefill_load * c.active_prefill_tokens + w.running * c.running
 
@@ -83,7 +83,7 @@ class Router:
         return min(
             ordered,
             key=lambda c: (
-                kv_cost(c, total_blocks, block_size, prompt_tokens, self.weights),
+                kv_cost(c, block_size, prompt_tokens, self.weights),
                 c.running,
                 c.cached_blocks,
             ),

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from harness.kv_events import EventSubscriber
 from harness.mm.assets import SCHEME as ASSET_SCHEME
 from harness.mm.assets import AssetStore
+from harness.mm.families import FAMILIES, family_for_model, get_family
 from harness.mm.geometry import GeometryNotFoundError, resolve_geometry
 from harness.mm.hashing import BlockKeyContext, block_hashes
 from harness.mm.images import ImageError, ImagePolicy
@@ -99,7 +100,10 @@ class Proxy:
             )
             self.family = self.geometry.family
         else:
-            self.family = _family_or_default(cfg)
+            # kv_text needs only the template: an unknown model still renders text with the Qwen template.
+            self.family = (
+                get_family(cfg.mm_family) if cfg.mm_family else family_for_model(cfg.model) or FAMILIES["qwen3_vl"]
+            )
         self.assets = AssetStore(cfg.asset_dir) if cfg.asset_dir else None
         self.policy = ImagePolicy(
             allowed_hosts=cfg.allowed_media_hosts,
@@ -353,8 +357,7 @@ class Proxy:
         self.metrics.child(self.metrics.decisions, w.name, self.cfg.policy).inc()
         if key is not None:
             self.metrics.child(self.metrics.overlap_ratio, self.cfg.policy).observe(overlap / total if total else 0.0)
-            self.metrics.prompt_tokens.inc(key.prompt_tokens)
-            self.metrics.predicted_cached_tokens.inc(min(overlap * self.cfg.block_size, key.prompt_tokens))
+            self.metrics.count_prediction(key.prompt_tokens, min(overlap * self.cfg.block_size, key.prompt_tokens))
             w.predicted.insert(key.hashes)
 
     # -- forwarding ------------------------------------------------------------------------------------------
@@ -530,15 +533,6 @@ def _error_message(body: bytes) -> str:
         return str(orjson.loads(body)["error"]["message"])[:300]
     except Exception:
         return body[:300].decode("utf-8", errors="replace")
-
-
-def _family_or_default(cfg: ProxyConfig):  # type: ignore[no-untyped-def]
-    """kv_text needs only the template; an unknown model still renders text with the Qwen template."""
-    from harness.mm.families import FAMILIES, family_for_model, get_family
-
-    if cfg.mm_family:
-        return get_family(cfg.mm_family)
-    return family_for_model(cfg.model) or FAMILIES["qwen3_vl"]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import openai
 import pytest
 from safetensors.numpy import save_file
 
+from harness.checks.routing_log import RoutingRecord, records_for
 from harness.mm.assets import AssetStore
 from harness.ports import allocate_ports, release_ports
 from harness.procs import ManagedProcess, spawn, wait_http_ready, wait_until
@@ -27,10 +28,6 @@ pytestmark = pytest.mark.e2e
 B = 16
 WORKER_ARGS = ("--speedup", "0", "--kv-cache-memory-bytes", "1000000000", "--max-model-len", "8192")
 GREEN, RED, BLUE = (0, 200, 0), (220, 0, 0), (0, 0, 230)
-ROUTING_RE = re.compile(
-    r"\[ROUTING\] request_id=(?P<rid>\S+) worker=(?P<worker>\S+) overlap_blocks=(?P<overlap>\d+) "
-    r"total_blocks=(?P<total>\d+) policy=(?P<policy>\S+)"
-)
 
 
 @dataclass
@@ -42,12 +39,9 @@ class Stack:
     def log(self) -> str:
         return self.proxy.log_path.read_text()
 
-    def routing(self, rid: str) -> dict[str, str]:
-        def found() -> bool:
-            return any(m.group("rid") == rid for m in ROUTING_RE.finditer(self.log()))
-
-        wait_until(found, 5, what=f"routing record of {rid}")
-        return next(m.groupdict() for m in ROUTING_RE.finditer(self.log()) if m.group("rid") == rid)
+    def routing(self, rid: str) -> RoutingRecord:
+        wait_until(lambda: bool(records_for(self.log(), rid)), 5, what=f"routing record of {rid}")
+        return records_for(self.log(), rid)[-1]
 
     def chat(self, messages: list[dict], rid: str | None = None, **kw) -> httpx.Response:
         headers = {"X-Request-Id": rid} if rid else {}
@@ -130,14 +124,14 @@ def test_kv_mm_colocates_repeats_and_separates_images(stack_factory) -> None:
     assert first.headers["x-served-by"] == second.headers["x-served-by"]
     assert cached(second) == full_hit(second)
     rec = s.routing("g2")
-    assert rec["worker"] == second.headers["x-served-by"] and rec["overlap"] == rec["total"] != "0"
+    assert rec.worker == second.headers["x-served-by"] and rec.overlap_blocks == rec.total_blocks > 0
 
     red = image_message(data_url(png_bytes(RED)))
     other = s.chat(red, "r1")
     assert "red" in other.json()["choices"][0]["message"]["content"]
     assert cached(other) == image_offset(s, red) // B * B  # no image block came from the cache
     rec = s.routing("r1")
-    assert int(rec["overlap"]) < int(rec["total"])
+    assert rec.overlap_blocks < rec.total_blocks
     # Free to go elsewhere: with equal load, new content goes to the worker with the least cached.
     assert other.headers["x-served-by"] != first.headers["x-served-by"]
     assert s.chat(red, "r2").headers["x-served-by"] == other.headers["x-served-by"]
@@ -153,7 +147,7 @@ def test_kv_text_colocates_different_images(stack_factory) -> None:
         if i:
             rec = s.routing(f"t{i}")
             # The degradation: the router believes a different image is a full cache hit...
-            assert rec["overlap"] == rec["total"]
+            assert rec.overlap_blocks == rec.total_blocks
             # ...while the worker, which does key on the image, reports no image block cached.
             assert cached(r) < 32
     assert len(served) == 1
@@ -432,7 +426,7 @@ def test_asset_references_resolve_and_hash_like_inline(stack_factory, tmp_path: 
     inline = s.chat(image_message(data_url(data)), "inline-1")
     assert inline.headers["x-served-by"] == by_ref.headers["x-served-by"]
     assert cached(inline) == full_hit(inline)
-    assert s.routing("inline-1")["overlap"] == s.routing("inline-1")["total"]
+    assert s.routing("inline-1").overlap_blocks == s.routing("inline-1").total_blocks
 
 
 def test_derived_artifacts_are_swept_but_sources_kept(stack_factory, tmp_path: Path) -> None:

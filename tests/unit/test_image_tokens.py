@@ -118,10 +118,6 @@ def test_empty_side_is_an_error_for_every_family(w: int, h: int) -> None:
             fam.count_tokens(w, h, fam.defaults)
 
 
-def test_image_geometry_error_is_value_error() -> None:
-    assert issubclass(ImageGeometryError, ValueError)
-
-
 # ------------------------------------------------------------------------------------------------- LLaVA
 
 

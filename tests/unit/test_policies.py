@@ -96,13 +96,13 @@ def test_kv_cost_arithmetic() -> None:
     w = CostWeights(overlap=2.0, prefill_load=0.5, running=10.0)
     c = Candidate(0, "a", running=3, active_prefill_tokens=40, overlap_blocks=2)
     # new tokens = 100 - 2*16 = 68 -> 2*68 + 0.5*40 + 10*3
-    assert kv_cost(c, total_blocks=7, block_size=BLOCK, prompt_tokens=100, w=w) == 136.0 + 20.0 + 30.0
+    assert kv_cost(c, block_size=BLOCK, prompt_tokens=100, w=w) == 136.0 + 20.0 + 30.0
     # Overlap beyond the prompt never makes the prefill term negative.
     big = Candidate(0, "a", overlap_blocks=50)
-    assert kv_cost(big, total_blocks=7, block_size=BLOCK, prompt_tokens=100, w=w) == 0.0
+    assert kv_cost(big, block_size=BLOCK, prompt_tokens=100, w=w) == 0.0
     # Default weights: one token-equivalent per token, 16 per running request.
     d = Candidate(0, "a", running=1, active_prefill_tokens=7, overlap_blocks=1)
-    assert kv_cost(d, 0, BLOCK, 50, CostWeights()) == (50 - 16) + 7 + 16
+    assert kv_cost(d, BLOCK, 50, CostWeights()) == (50 - 16) + 7 + 16
 
 
 @pytest.mark.parametrize("policy", sorted(KV_POLICIES))
@@ -126,8 +126,8 @@ def test_kv_prefers_overlap_only_up_to_the_prefill_load_crossover(policy: str) -
     # Crossover: the overlap saves overlap * 4 * BLOCK tokens of prefill; in-flight tokens cost prefill_load each.
     crossover = w.overlap * 4 * BLOCK / w.prefill_load
     assert crossover == 128
-    assert kv_cost(warm(int(crossover)), 20, BLOCK, prompt, w) == kv_cost(cold, 20, BLOCK, prompt, w)
-    assert kv_cost(warm(127), 20, BLOCK, prompt, w) < kv_cost(cold, 20, BLOCK, prompt, w)
+    assert kv_cost(warm(int(crossover)), BLOCK, prompt, w) == kv_cost(cold, BLOCK, prompt, w)
+    assert kv_cost(warm(127), BLOCK, prompt, w) < kv_cost(cold, BLOCK, prompt, w)
 
     kw = {"total_blocks": 20, "block_size": BLOCK, "prompt_tokens": prompt}
     for order in ([0, 1], [1, 0]):  # the candidates' order must not matter away from the tie
@@ -154,7 +154,7 @@ def test_kv_equal_cost_prefers_fewer_running() -> None:
     # One running request (16) costs as much as 16 tokens in flight: equal cost, fewer running wins.
     cands = [Candidate(0, "busy", running=1), Candidate(1, "prefilling", active_prefill_tokens=16)]
     kw = {"total_blocks": 4, "block_size": BLOCK, "prompt_tokens": 4 * BLOCK}
-    assert kv_cost(cands[0], 4, BLOCK, 64, CostWeights()) == kv_cost(cands[1], 4, BLOCK, 64, CostWeights())
+    assert kv_cost(cands[0], BLOCK, 64, CostWeights()) == kv_cost(cands[1], BLOCK, 64, CostWeights())
     assert picks(Router("kv_mm"), cands, 4, **kw) == [1, 1, 1, 1]
 
 

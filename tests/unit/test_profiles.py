@@ -199,9 +199,10 @@ def test_invalid_override_value_rejected(key: str, value: str) -> None:
 def test_valid_values_accepted() -> None:
     for backend in ("sim", "vllm"):
         for router in ("proxy", "vllm-router", "sglang-router", "none"):
-            Topology("ok", "agg.sh", backend=backend, router=router, workers=1)
+            t = Topology("ok", "agg.sh", backend=backend, router=router, workers=1)
+            assert (t.backend, t.router) == (backend, router)
     for payload in ("image_url", "base64", "multi_image", "multi_turn", "lora"):
-        Case(MODEL, GATE, payload=payload)
+        assert Case(MODEL, GATE, payload=payload).payload == payload
 
 
 # --- VRAM budget -----------------------------------------------------------------------------------------------

@@ -157,10 +157,6 @@ def test_parse_valid_mixed_content() -> None:
     ]
 
 
-def test_prompt_error_is_value_error() -> None:
-    assert issubclass(PromptError, ValueError)
-
-
 # --------------------------------------------------------------------------------------------- render_chat
 
 
