@@ -153,7 +153,12 @@ def cmd_stack_up(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
     bench = repo_root() / "benchmarks"
-    scripts = {"worker": "sim_worker_rps.py", "proxy": "proxy_overhead.py", "boot": "boot_phases.py"}
+    scripts = {
+        "worker": "sim_worker_rps.py",
+        "proxy": "proxy_overhead.py",
+        "boot": "boot_phases.py",
+        "gate": "gate_stability.py",
+    }
     return subprocess.call([sys.executable, str(bench / scripts[args.what]), *extra])
 
 
@@ -210,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-dir", default=None)
     up.set_defaults(func=cmd_stack_up)
     bench = sub.add_parser("bench", help="run a benchmark (extra args go to it)")
-    bench.add_argument("what", choices=("worker", "proxy", "boot"))
+    bench.add_argument("what", choices=("worker", "proxy", "boot", "gate"))
     bench.set_defaults(func=cmd_bench)
     assets = sub.add_parser("assets", help="manage a run-scoped asset directory (mmfile:// references)")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

@@ -42,25 +42,18 @@ from harness.openai_api import (
     request_id_of,
     sse_event,
 )
-from harness.proxy.adapters import AdapterCatalog, AdapterError, AdapterInfo
+from harness.proxy.adapters import AdapterCatalog, AdapterInfo
 from harness.proxy.config import ProxyConfig, parse_args
 from harness.proxy.kv_index import EventIndex, PredictedIndex
+from harness.proxy.lora import AdapterManager
 from harness.proxy.metrics import ProxyMetrics
 from harness.proxy.policies import Candidate, CostWeights, Router
-from harness.proxy.workers import WorkerState
+from harness.proxy.workers import RetryableError, WorkerState
 from harness.serving import configure_logging, run_main, serve_app
 
 log = logging.getLogger("harness.proxy")
 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"})
-
-
-class RetryableError(Exception):
-    """The worker failed before any byte reached the client: another worker may take the request."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -114,6 +107,7 @@ class Proxy:
             ImageResolver(cfg.model, self.geometry, self.policy, assets=self.assets) if self.geometry else None
         )
         self.catalog = AdapterCatalog(cfg.adapter_dir, cfg.model, cfg.max_lora_rank, dict(cfg.adapter_registry))
+        self.adapters = AdapterManager(self.catalog, cfg.model, cfg.max_loras_per_worker, self.metrics)
         self.session: aiohttp.ClientSession | None = None
         self.created = int(time.time())
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,6 +117,7 @@ class Proxy:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self.adapters.session = self.session
         if self.images is not None:
             self.images.session = self.session
         if self.cfg.policy == "kv_mm":
@@ -249,76 +244,6 @@ class Proxy:
         except ImageError as exc:
             raise ApiError(exc.status, str(exc), "messages") from None
         return render_chat(turns, self.family, [(r.hash, r.tokens) for r in resolved], add_generation_prompt=add_gen)
-
-    # -- adapters --------------------------------------------------------------------------------------------
-    def resolve_adapter(self, model: Any) -> AdapterInfo | None:
-        if model is None or model == self.cfg.model:
-            return None
-        if not isinstance(model, str):
-            raise ApiError(400, "model must be a string", "model")
-        try:
-            return self.catalog.resolve(model)
-        except AdapterError as exc:
-            if exc.status == 404:
-                raise ApiError(
-                    404, f"The model `{model}` does not exist. ({exc.reason})", "model", "NotFoundError"
-                ) from None
-            raise ApiError(exc.status, str(exc), "model", "AdapterValidationError") from None
-
-    async def ensure_adapter(self, w: WorkerState, info: AdapterInfo, rid: str) -> None:
-        """Load ``info`` on ``w`` unless it is there with the same digest; evict the LRU adapter if full."""
-        if w.adapters.get(info.name) == info.digest:
-            w.adapters.move_to_end(info.name)
-            return
-        async with w.adapter_lock:
-            if w.adapters.get(info.name) == info.digest:
-                return
-            if info.name in w.adapters:  # same name, new content: replace it
-                await self._unload(w, info.name)
-            while len(w.adapters) >= self.cfg.max_loras_per_worker:
-                victim = next(iter(w.adapters))
-                await self._unload(w, victim)
-            t0 = time.perf_counter()
-            assert self.session is not None
-            payload = {"lora_name": info.name, "lora_path": str(info.path)}
-            try:
-                async with self.session.post(f"{w.url}/v1/load_lora_adapter", json=payload) as resp:
-                    text = await resp.text()
-            except aiohttp.ClientError as exc:
-                raise RetryableError(f"adapter load failed: {exc}") from None
-            if resp.status != 200 and not (resp.status == 400 and "already been loaded" in text):
-                raise ApiError(
-                    502,
-                    f"worker {w.name} refused to load adapter {info.identity}: HTTP {resp.status}: {text[:300]}",
-                    "model",
-                    "BadGatewayError",
-                )
-            load_ms = (time.perf_counter() - t0) * 1e3
-            w.adapters[info.name] = info.digest
-            self.metrics.lora_cold.labels("resolve").observe(info.resolve_ms / 1e3)
-            self.metrics.lora_cold.labels("validate").observe(info.validate_ms / 1e3)
-            self.metrics.lora_cold.labels("load").observe(load_ms / 1e3)
-            log.info(
-                "[LORA] cold load request_id=%s adapter=%s identity=%s worker=%s resolve_ms=%.2f "
-                "validate_ms=%.2f load_ms=%.2f",
-                rid,
-                info.name,
-                info.identity,
-                w.name,
-                info.resolve_ms,
-                info.validate_ms,
-                load_ms,
-            )
-
-    async def _unload(self, w: WorkerState, name: str) -> None:
-        assert self.session is not None
-        try:
-            async with self.session.post(f"{w.url}/v1/unload_lora_adapter", json={"lora_name": name}) as resp:
-                await resp.read()
-            log.info("[LORA] evicted adapter=%s worker=%s status=%d", name, w.name, resp.status)
-        except aiohttp.ClientError as exc:
-            log.warning("[LORA] unloading %s from %s failed: %s", name, w.name, exc)
-        w.adapters.pop(name, None)
 
     # -- choosing --------------------------------------------------------------------------------------------
     def candidates(self, exclude: set[int], adapter: AdapterInfo | None) -> list[WorkerState]:
@@ -470,7 +395,7 @@ class Proxy:
             raise ApiError(400, f"Invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object")
-        adapter = self.resolve_adapter(body.get("model"))
+        adapter = self.adapters.resolve(body.get("model"))
         key = None
         if self.router.uses_kv:
             key = await self.routing_key(body, chat, adapter)
@@ -495,7 +420,7 @@ class Proxy:
             prefill = max((key.prompt_tokens - overlap * self.cfg.block_size) if key else 0, 0)
             try:
                 if adapter is not None:
-                    await self.ensure_adapter(w, adapter, rid)
+                    await self.adapters.ensure(w, adapter, rid)
                 resp = await self.forward(request, w, path, data, rid, stream, prefill)
             except RetryableError as exc:
                 tried.add(w.index)

@@ -10,6 +10,14 @@ from urllib.parse import urlsplit
 from harness.proxy.kv_index import EventIndex, PredictedIndex
 
 
+class RetryableError(Exception):
+    """The worker failed before any byte reached the client: another worker may take the request."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(eq=False)
 class WorkerState:
     index: int

@@ -340,7 +340,8 @@ def test_lora_validation_errors_are_typed(stack_factory, tmp_path: Path) -> None
 
 # -- faults ---------------------------------------------------------------------------------------------------------
 def test_failover_when_a_worker_is_killed_under_load(stack_factory) -> None:
-    s = stack_factory(2, "round_robin")
+    # Real-time steps (~60 ms a request), so requests are in flight on the victim when it dies.
+    s = stack_factory(2, "round_robin", worker_args=("--speedup", "1", *WORKER_ARGS[2:]))
     msgs = [{"role": "user", "content": "tell me a story"}]
     assert s.chat(msgs).status_code == 200
     victim = s.workers[0]
@@ -353,6 +354,7 @@ def test_failover_when_a_worker_is_killed_under_load(stack_factory) -> None:
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(send, range(60)))
     assert statuses == [200] * 60
+    assert "retrying elsewhere" in s.log()  # requests in flight on the victim were re-sent, not lost
     wait_until(
         lambda: not next(w for w in httpx.get(f"{s.url}/workers").json() if w["url"] == victim.url)["healthy"],
         5,
