@@ -44,6 +44,23 @@ def new_run_dir(root: Path) -> Path:
     return run_dir
 
 
+def gates_pytest(backend: str, *args: str) -> list[str]:
+    """The pytest command line that runs the packaged gate suite for ``backend``."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(GATES),
+        "-p",
+        "no:cacheprovider",
+        "--backend",
+        backend,
+        "--rootdir",
+        str(GATES),
+        *args,
+    ]
+
+
 def _call_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
     """Run ``cmd``, passing SIGTERM/SIGINT on to it, so a cancelled CI job still tears its stacks down and the
     report below is still written."""
@@ -63,23 +80,14 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.report.summary import write_summary
 
     run_dir = new_run_dir(Path(args.reports_dir) if args.reports_dir else reports_root())
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(GATES),
-        "-p",
-        "no:cacheprovider",
-        "--backend",
+    cmd = gates_pytest(
         args.backend,
         f"--junitxml={run_dir / 'junit.xml'}",
         f"--harness-report-dir={run_dir}",
         "-o",
         f"junit_suite_name=mmharness-{args.backend}",
-        "--rootdir",
-        str(GATES),
         *extra,
-    ]
+    )
     print(f"harness run -> {run_dir}\n$ {' '.join(cmd)}", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     rc = _call_forwarding_signals(cmd, env)
@@ -97,21 +105,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(GATES),
-        "-p",
-        "no:cacheprovider",
-        "--backend",
-        args.backend,
-        "--harness-dry-run",
-        "-q",
-        "--rootdir",
-        str(GATES),
-        *extra,
-    ]
+    cmd = gates_pytest(args.backend, "--harness-dry-run", "-q", *extra)
     rc = subprocess.call(cmd)
     return 0 if rc in (0, 5) else rc
 

@@ -1,6 +1,6 @@
 """Model profiles and sizes shared by the profile files (files starting with _ hold no cases)."""
 
-from harness.profiles import ModelProfile
+from harness.profiles import ModelProfile, Topology
 
 GIB = 1024**3
 
@@ -13,3 +13,17 @@ PHI3_VISION = ModelProfile("microsoft/Phi-3-vision-128k-instruct", "phi3-vision"
 
 # Simulated memory only; sized so every model's max_model_len fits its KV cache.
 SIM_KV = 5 * GIB
+
+#: The shape most simulated cases share: two workers behind the harness proxy with multimodal-aware routing.
+#: Other topologies are this one with a few fields changed (``dataclasses.replace``).
+SIM_AGG_ROUTER = Topology(
+    "agg_router",
+    "agg_router.sh",
+    marks=("pre_merge",),
+    workers=2,
+    router="proxy",
+    policy="kv_mm",
+    requested_kv_cache_bytes=SIM_KV,
+    profiled_vram_gib=16.0,
+    timeout_s=60,
+)

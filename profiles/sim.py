@@ -4,6 +4,8 @@ Controls (``expect="fail"``) run the same gate against deliberately degraded rou
 round robin. They are strict xfails: if one ever passes, the gate has lost its teeth and the run fails.
 """
 
+from dataclasses import replace
+
 from _models import (
     LLAVA_15_7B,
     LLAVA_NEXT_7B,
@@ -11,66 +13,17 @@ from _models import (
     QWEN2_VL_2B,
     QWEN3_VL_2B,
     QWEN25_VL_3B,
-    SIM_KV,
+    SIM_AGG_ROUTER,
 )
 
-from harness.profiles import Case, Topology
+from harness.profiles import Case
 
-AGG = Topology(
-    "agg",
-    "agg.sh",
-    marks=("pre_merge",),
-    workers=1,
-    requested_kv_cache_bytes=SIM_KV,
-    profiled_vram_gib=8.0,
-    timeout_s=60,
-)
-AGG_ROUTER = Topology(
-    "agg_router",
-    "agg_router.sh",
-    marks=("pre_merge",),
-    workers=2,
-    router="proxy",
-    policy="kv_mm",
-    requested_kv_cache_bytes=SIM_KV,
-    profiled_vram_gib=16.0,
-    timeout_s=60,
-)
-AGG_ROUTER_LORA = Topology(
-    "agg_router_lora",
-    "agg_router_lora.sh",
-    marks=("post_merge",),
-    workers=2,
-    router="proxy",
-    policy="kv_mm",
-    requested_kv_cache_bytes=SIM_KV,
-    profiled_vram_gib=16.0,
-    timeout_s=60,
-)
-KV_TEXT = Topology(
-    "agg_router_kv_text",
-    "agg_router.sh",
-    marks=("pre_merge",),
-    workers=2,
-    router="proxy",
-    policy="kv_text",
-    requested_kv_cache_bytes=SIM_KV,
-    profiled_vram_gib=16.0,
-    timeout_s=60,
-    expect="fail",
-)
-ROUND_ROBIN = Topology(
-    "agg_router_round_robin",
-    "agg_router.sh",
-    marks=("pre_merge",),
-    workers=2,
-    router="proxy",
-    policy="round_robin",
-    requested_kv_cache_bytes=SIM_KV,
-    profiled_vram_gib=16.0,
-    timeout_s=60,
-    expect="fail",
-)
+AGG_ROUTER = SIM_AGG_ROUTER
+AGG = replace(AGG_ROUTER, name="agg", script="agg.sh", workers=1, router="none", policy=None, profiled_vram_gib=8.0)
+AGG_ROUTER_LORA = replace(AGG_ROUTER, name="agg_router_lora", script="agg_router_lora.sh", marks=("post_merge",))
+KV_TEXT = replace(AGG_ROUTER, name="agg_router_kv_text", policy="kv_text", expect="fail")
+ROUND_ROBIN = replace(AGG_ROUTER, name="agg_router_round_robin", policy="round_robin", expect="fail")
+POST = {"marks": ("post_merge",)}
 
 CASES = [
     # pre_merge: the gate and its two controls on the default model, plus the topology matrix on a second family.
@@ -81,14 +34,14 @@ CASES = [
     Case(QWEN3_VL_2B, ROUND_ROBIN),
     Case(QWEN25_VL_3B, AGG_ROUTER),
     # post_merge: every family, payload and topology.
-    Case(QWEN3_VL_2B, AGG_ROUTER, payload="multi_image", suffix="multi", overrides={"marks": ("post_merge",)}),
-    Case(QWEN3_VL_2B, AGG_ROUTER, payload="multi_turn", suffix="turns", overrides={"marks": ("post_merge",)}),
+    Case(QWEN3_VL_2B, AGG_ROUTER, payload="multi_image", suffix="multi", overrides=POST),
+    Case(QWEN3_VL_2B, AGG_ROUTER, payload="multi_turn", suffix="turns", overrides=POST),
     Case(QWEN3_VL_2B, AGG_ROUTER_LORA, payload="lora"),
-    Case(QWEN3_VL_2B, AGG_ROUTER, suffix="4w", overrides={"workers": 4, "marks": ("post_merge",)}),
-    Case(QWEN25_VL_3B, KV_TEXT, overrides={"marks": ("post_merge",)}),
-    Case(QWEN2_VL_2B, AGG_ROUTER, overrides={"marks": ("post_merge",)}),
-    Case(LLAVA_15_7B, AGG_ROUTER, overrides={"marks": ("post_merge",)}),
-    Case(LLAVA_NEXT_7B, AGG_ROUTER, overrides={"marks": ("post_merge",)}),
-    Case(PHI3_VISION, AGG_ROUTER, overrides={"marks": ("post_merge",)}),
-    Case(LLAVA_15_7B, AGG, overrides={"marks": ("post_merge",)}),
+    Case(QWEN3_VL_2B, AGG_ROUTER, suffix="4w", overrides={"workers": 4, **POST}),
+    Case(QWEN25_VL_3B, KV_TEXT, overrides=POST),
+    Case(QWEN2_VL_2B, AGG_ROUTER, overrides=POST),
+    Case(LLAVA_15_7B, AGG_ROUTER, overrides=POST),
+    Case(LLAVA_NEXT_7B, AGG_ROUTER, overrides=POST),
+    Case(PHI3_VISION, AGG_ROUTER, overrides=POST),
+    Case(LLAVA_15_7B, AGG, overrides=POST),
 ]
