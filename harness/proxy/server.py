@@ -332,11 +332,13 @@ class Proxy:
                         "BadGatewayError",
                     )
                 return web.Response(body=body, status=resp.status, headers=reply_headers)
+        except aiohttp.SocketTimeoutError:
+            raise ApiError(
+                504, f"worker {w.name} ({w.url}) stopped answering mid-request", None, "GatewayTimeoutError"
+            ) from None
         except (
-            aiohttp.ClientConnectorError,
-            aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError,
+            aiohttp.ClientConnectionError,  # refused, reset, disconnected: the worker went away
+            aiohttp.ClientPayloadError,  # it died while sending the body
         ) as exc:
             if out is not None:  # bytes already reached the client: nothing can be retried
                 return await self._end_broken_stream(out, w, rid, exc)
