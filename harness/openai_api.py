@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -113,3 +115,47 @@ def exception_response(exc: Exception, headers: Mapping[str, str], rid: str, log
         return error_response(ApiError(exc.status, exc.reason), headers)
     logger.exception("request_id=%s unhandled error", rid)
     return error_response(ApiError(500, f"Internal server error: {type(exc).__name__}"), headers)
+
+
+QUIET_PATHS = frozenset({"/health", "/metrics"})
+
+
+def api_middleware(
+    logger: logging.Logger,
+    *,
+    headers: Callable[[str], Mapping[str, str]],
+    finished: Callable[[web.Request, int, float], None],
+    before: Callable[[web.Request], None] | None = None,
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The middleware both servers share: a request id on every request (``request["rid"]``) and response,
+    ``before`` hooks (fault injection), OpenAI-style errors for every exception, and ``finished(request, status,
+    seconds)`` always called once — where each server writes its one log line per request."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        rid = request_id_of(request)
+        request["rid"] = rid
+        request["stats"] = {}
+        start = time.perf_counter()
+        status = 500
+        try:
+            if before is not None:
+                before(request)
+            response = await handler(request)
+            status = response.status
+            if not response.prepared:
+                for key, value in headers(rid).items():
+                    response.headers.setdefault(key, value)
+            return response
+        except (ConnectionResetError, aiohttp.ClientConnectionError) as exc:
+            status = 499  # the client went away mid-response: nobody is left to answer
+            logger.warning("request_id=%s connection closed: %s", rid, exc)
+            raise
+        except Exception as exc:
+            response = exception_response(exc, headers(rid), rid, logger)
+            status = response.status
+            return response
+        finally:
+            finished(request, status, time.perf_counter() - start)
+
+    return middleware

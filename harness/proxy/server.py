@@ -34,12 +34,12 @@ from harness.mm.images import ImageError, ImagePolicy
 from harness.mm.prompt import Prompt, Turn, completion_prompt, image_parts, parse_chat, render_chat
 from harness.mm.resolver import ImageResolver
 from harness.openai_api import (
+    QUIET_PATHS,
     REQUEST_ID_HEADER,
     SERVED_BY_HEADER,
     ApiError,
-    exception_response,
+    api_middleware,
     json_response,
-    request_id_of,
     sse_event,
 )
 from harness.proxy.adapters import AdapterCatalog, AdapterInfo
@@ -320,7 +320,13 @@ class Proxy:
                         if prefill_pending:
                             w.active_prefill_tokens -= prefill_tokens
                             prefill_pending = False
-                        await out.write(chunk)
+                        try:
+                            await out.write(chunk)
+                        except ConnectionResetError:
+                            # The client left; the worker is fine. Dropping the upstream connection (leaving this
+                            # block) makes the worker abort the request.
+                            log.info("request_id=%s client disconnected mid-stream", rid)
+                            return out
                     await out.write_eof()
                     return out
                 body = await resp.read()
@@ -468,44 +474,22 @@ def _error_message(body: bytes) -> str:
 PROXY = web.AppKey("proxy", Proxy)
 
 
-@web.middleware
-async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    proxy = request.app[PROXY]
-    rid = request_id_of(request)
-    request["rid"] = rid
-    request["stats"] = {}
-    start = time.perf_counter()
-    status = 500
-    headers = {REQUEST_ID_HEADER: rid}
-    try:
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers.setdefault(REQUEST_ID_HEADER, rid)
-        return response
-    except (ConnectionResetError, aiohttp.ClientError) as exc:
-        status = 499  # the client or a worker went away mid-stream: nothing left to answer
-        log.warning("request_id=%s connection error: %s", rid, exc)
-        raise
-    except Exception as exc:
-        response = exception_response(exc, headers, rid, log)
-        status = response.status
-        return response
-    finally:
-        if request.path not in ("/health", "/metrics"):
-            proxy.metrics.child(proxy.metrics.requests, str(status)).inc()
-            if not proxy.cfg.disable_log_requests:
-                s = request["stats"]
-                log.info(
-                    "request_id=%s %s %s status=%d worker=%s prompt_tokens=%s latency_ms=%.2f",
-                    rid,
-                    request.method,
-                    request.path,
-                    status,
-                    s.get("worker", "-"),
-                    s.get("prompt_tokens", "-"),
-                    (time.perf_counter() - start) * 1e3,
-                )
+def _finished(proxy: Proxy, request: web.Request, status: int, seconds: float) -> None:
+    if request.path in QUIET_PATHS:
+        return
+    proxy.metrics.child(proxy.metrics.requests, str(status)).inc()
+    if not proxy.cfg.disable_log_requests:
+        s = request["stats"]
+        log.info(
+            "request_id=%s %s %s status=%d worker=%s prompt_tokens=%s latency_ms=%.2f",
+            request["rid"],
+            request.method,
+            request.path,
+            status,
+            s.get("worker", "-"),
+            s.get("prompt_tokens", "-"),
+            seconds * 1e3,
+        )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -571,6 +555,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def build_app(proxy: Proxy) -> web.Application:
+    middleware = api_middleware(
+        log,
+        headers=lambda rid: {REQUEST_ID_HEADER: rid},
+        finished=lambda request, status, seconds: _finished(proxy, request, status, seconds),
+    )
     app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
     app[PROXY] = proxy
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -38,14 +38,14 @@ from harness.mm.prompt import (
 )
 from harness.mm.resolver import ImageResolver, ResolvedImage
 from harness.openai_api import (
+    QUIET_PATHS,
     REQUEST_ID_HEADER,
     SERVED_BY_HEADER,
     SSE_DONE,
     ApiError,
-    exception_response,
+    api_middleware,
     json_response,
     read_json_object,
-    request_id_of,
     sse_event,
 )
 from harness.serving import configure_logging, run_main, serve_app
@@ -308,53 +308,37 @@ def _headers(worker: SimWorker, rid: str) -> dict[str, str]:
     return {REQUEST_ID_HEADER: rid, SERVED_BY_HEADER: worker.cfg.name}
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    worker = request.app[WORKER]
-    rid = request_id_of(request)
-    request["rid"] = rid
-    request["stats"] = {}
-    start = time.perf_counter()
-    status = 500
-    try:
-        if request.path in INFERENCE_PATHS:
-            if not worker.ready:
-                raise ApiError(503, "The server is starting up.")
-            worker.num_requests += 1
-            if worker.cfg.crash_after is not None and worker.num_requests > worker.cfg.crash_after:
-                log.error(
-                    "fault injection: crashing on request %d (--crash-after %d)",
-                    worker.num_requests,
-                    worker.cfg.crash_after,
-                )
-                logging.shutdown()
-                os._exit(70)
-            if worker.cfg.error_rate and worker.rng.random() < worker.cfg.error_rate:
-                raise ApiError(500, "Simulated engine error (--error-rate fault injection).")
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers.setdefault(SERVED_BY_HEADER, worker.cfg.name)
-            response.headers.setdefault(REQUEST_ID_HEADER, rid)
-        return response
-    except Exception as exc:
-        response = exception_response(exc, _headers(worker, rid), rid, log)
-        status = response.status
-        return response
-    finally:
-        if not worker.cfg.disable_log_requests and request.path not in ("/health", "/metrics"):
-            s = request["stats"]
-            log.info(
-                "request_id=%s %s %s status=%d prompt_tokens=%s cached_tokens=%s completion_tokens=%s latency_ms=%.2f",
-                rid,
-                request.method,
-                request.path,
-                status,
-                s.get("prompt_tokens", "-"),
-                s.get("cached_tokens", "-"),
-                s.get("completion_tokens", "-"),
-                (time.perf_counter() - start) * 1e3,
-            )
+def _fault_injection(worker: SimWorker, request: web.Request) -> None:
+    if request.path not in INFERENCE_PATHS:
+        return
+    if not worker.ready:
+        raise ApiError(503, "The server is starting up.")
+    worker.num_requests += 1
+    if worker.cfg.crash_after is not None and worker.num_requests > worker.cfg.crash_after:
+        log.error(
+            "fault injection: crashing on request %d (--crash-after %d)", worker.num_requests, worker.cfg.crash_after
+        )
+        logging.shutdown()
+        os._exit(70)
+    if worker.cfg.error_rate and worker.rng.random() < worker.cfg.error_rate:
+        raise ApiError(500, "Simulated engine error (--error-rate fault injection).")
+
+
+def _log_request(worker: SimWorker, request: web.Request, status: int, seconds: float) -> None:
+    if worker.cfg.disable_log_requests or request.path in QUIET_PATHS:
+        return
+    s = request["stats"]
+    log.info(
+        "request_id=%s %s %s status=%d prompt_tokens=%s cached_tokens=%s completion_tokens=%s latency_ms=%.2f",
+        request["rid"],
+        request.method,
+        request.path,
+        status,
+        s.get("prompt_tokens", "-"),
+        s.get("cached_tokens", "-"),
+        s.get("completion_tokens", "-"),
+        seconds * 1e3,
+    )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -640,7 +624,13 @@ async def unload_lora(request: web.Request) -> web.Response:
 
 
 def build_app(worker: SimWorker) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    middleware = api_middleware(
+        log,
+        headers=lambda rid: _headers(worker, rid),
+        before=lambda request: _fault_injection(worker, request),
+        finished=lambda request, status, seconds: _log_request(worker, request, status, seconds),
+    )
+    app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
     app[WORKER] = worker
     app.router.add_get("/health", health)
     app.router.add_get("/ping", health)

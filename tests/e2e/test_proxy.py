@@ -510,3 +510,27 @@ def test_worker_dying_mid_stream_ends_the_stream_with_an_error(stack_factory) ->
     health = httpx.get(f"{s.url}/workers").json()[0]["healthy"]
     assert health is False
     assert "Traceback" not in s.log()
+
+
+def test_client_leaving_mid_stream_does_not_blame_the_worker(stack_factory) -> None:
+    s = stack_factory(1, "kv_mm", worker_args=("--speedup", "1", *WORKER_ARGS[2:]))
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "go on"}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{s.url}/v1/chat/completions", json=body, timeout=30) as r:
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 5:
+                break  # hang up mid-stream
+    wait_until(lambda: "client disconnected mid-stream" in s.log(), 10, what="the proxy noticing the client left")
+    # The worker aborts the orphaned request and stays in rotation.
+    wait_until(
+        lambda: 'finished_reason="abort"' in httpx.get(f"{s.workers[0].url}/metrics").text,
+        10,
+        what="the worker to abort the request",
+    )
+    assert httpx.get(f"{s.url}/workers").json()[0]["healthy"] is True
+    assert s.chat([{"role": "user", "content": "still there?"}]).status_code == 200
