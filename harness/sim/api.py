@@ -1,0 +1,383 @@
+"""The simulated worker's HTTP surface: vLLM's OpenAI-compatible endpoints over ``SimWorker``.
+
+Handlers turn request bodies into engine requests and the engine's token stream into OpenAI responses
+(non-streaming, SSE with ``include_usage``), plus tokenize/render, runtime LoRA, prefix-cache reset and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from harness.mm import tokenizer
+from harness.mm.hashing import BlockKeyContext
+from harness.openai_api import (
+    QUIET_PATHS,
+    REQUEST_ID_HEADER,
+    SERVED_BY_HEADER,
+    SSE_DONE,
+    ApiError,
+    api_middleware,
+    json_response,
+    read_json_object,
+    sse_event,
+)
+from harness.sim.engine import Request, plan_output
+from harness.sim.service import Rendered, SimWorker
+
+log = logging.getLogger("harness.sim.worker")
+
+WORKER = web.AppKey("worker", SimWorker)
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def _headers(worker: SimWorker, rid: str) -> dict[str, str]:
+    return {REQUEST_ID_HEADER: rid, SERVED_BY_HEADER: worker.cfg.name}
+
+
+def _fault_injection(worker: SimWorker, request: web.Request) -> None:
+    if request.path not in INFERENCE_PATHS:
+        return
+    if not worker.ready:
+        raise ApiError(503, "The server is starting up.")
+    worker.num_requests += 1
+    if worker.cfg.crash_after is not None and worker.num_requests > worker.cfg.crash_after:
+        log.error(
+            "fault injection: crashing on request %d (--crash-after %d)", worker.num_requests, worker.cfg.crash_after
+        )
+        logging.shutdown()
+        os._exit(70)
+    if worker.cfg.error_rate and worker.rng.random() < worker.cfg.error_rate:
+        raise ApiError(500, "Simulated engine error (--error-rate fault injection).")
+
+
+def _log_request(worker: SimWorker, request: web.Request, status: int, seconds: float) -> None:
+    if worker.cfg.disable_log_requests or request.path in QUIET_PATHS:
+        return
+    s = request["stats"]
+    log.info(
+        "request_id=%s %s %s status=%d prompt_tokens=%s cached_tokens=%s completion_tokens=%s latency_ms=%.2f",
+        request["rid"],
+        request.method,
+        request.path,
+        status,
+        s.get("prompt_tokens", "-"),
+        s.get("cached_tokens", "-"),
+        s.get("completion_tokens", "-"),
+        seconds * 1e3,
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    if not request.app[WORKER].ready:
+        return web.Response(status=503, text="starting")
+    return web.Response(status=200)
+
+
+def _model_card(worker: SimWorker, model_id: str, root: str, parent: str | None, max_len: int | None) -> dict:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": worker.created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_len,
+        "permission": [],
+    }
+
+
+async def models(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
+    cards = [_model_card(w, w.cfg.model_name, w.cfg.model, None, w.max_model_len)]
+    cards += [_model_card(w, a.name, a.path, w.cfg.model_name, None) for a in w.loras.adapters.values()]
+    return json_response({"object": "list", "data": cards})
+
+
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": "0.33.0+sim"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[WORKER].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _usage(req: Request, details: bool) -> dict[str, Any]:
+    completion = len(req.outputs)
+    usage: dict[str, Any] = {
+        "prompt_tokens": req.prompt_len,
+        "total_tokens": req.prompt_len + completion,
+        "completion_tokens": completion,
+    }
+    if details:  # like vLLM, only with --enable-prompt-tokens-details
+        usage["prompt_tokens_details"] = {"cached_tokens": max(req.num_cached_tokens, 0)}
+    return usage
+
+
+def _visible_text(token_ids: Sequence[int]) -> str:
+    return tokenizer.decode(t for t in token_ids if t != tokenizer.EOS_TOKEN_ID)
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    w = request.app[WORKER]
+    rid: str = request["rid"]
+    body = await read_json_object(request)
+    lora = w.resolve_model(body)
+    if chat:
+        rendered = await w.render_chat_body(body)
+    else:
+        rendered = w.render_completion_body(body)
+    params = w.sampling_params(body, rendered.prompt)
+    salt = body.get("cache_salt")
+    if salt is not None and not isinstance(salt, str):
+        raise ApiError(400, "cache_salt must be a string", "cache_salt")
+    req = Request(
+        request_id=rid,
+        prompt=rendered.prompt,
+        plan=plan_output(rendered.answer, params),
+        key_ctx=BlockKeyContext(
+            lora_name=lora, lora_path=w.loras.adapters[lora].path if lora else None, cache_salt=salt or None
+        ),
+    )
+    model_name = body.get("model") or w.cfg.model_name
+    stream = bool(body.get("stream", False))
+    if body.get("stream_options") is not None and not stream:
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
+    opts = body.get("stream_options") or {}
+    include_usage = bool(opts.get("include_usage", False)) if isinstance(opts, dict) else False
+    w.engine.add_request(req)
+    stats = request["stats"]
+    stats["prompt_tokens"] = req.prompt_len
+    try:
+        if stream:
+            return await _stream(request, w, req, chat, model_name, include_usage)
+        while not req.finished:
+            await req.changed.wait()
+            req.changed.clear()
+    finally:
+        if not req.finished:
+            w.engine.abort(req)
+        stats["cached_tokens"] = max(req.num_cached_tokens, 0)
+        stats["completion_tokens"] = len(req.outputs)
+    text = _visible_text(req.outputs)
+    prefix = "chatcmpl-" if chat else "cmpl-"
+    if chat:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "tool_calls": []},
+            "logprobs": None,
+            "finish_reason": req.finish_reason,
+            "stop_reason": req.plan.stop_reason,
+        }
+    else:
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": req.finish_reason,
+            "stop_reason": req.plan.stop_reason,
+        }
+    payload = {
+        "id": prefix + rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "choices": [choice],
+        "usage": _usage(req, w.cfg.enable_prompt_tokens_details),
+    }
+    return json_response(payload, headers=_headers(w, rid))
+
+
+async def _stream(
+    request: web.Request, w: SimWorker, req: Request, chat: bool, model: str, include_usage: bool
+) -> web.StreamResponse:
+    rid = req.request_id
+    resp = web.StreamResponse(
+        headers={**_headers(w, rid), "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    created = int(time.time())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    cid = ("chatcmpl-" if chat else "cmpl-") + rid
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "id": cid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
+        if usage is not None:
+            data["usage"] = usage
+        return sse_event(data)
+
+    def choice(text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    if chat:
+        await resp.write(chunk([choice("", None, first=True)]))
+    sent = 0
+    while True:
+        if sent == len(req.outputs) and not req.finished:
+            await req.changed.wait()
+            req.changed.clear()
+        new = req.outputs[sent:]
+        if new:
+            buf = bytearray()
+            for i, tid in enumerate(new):
+                last = req.finished and sent + i + 1 == len(req.outputs)
+                text = "" if tid == tokenizer.EOS_TOKEN_ID else tokenizer.decode((tid,))
+                buf += chunk([choice(text, req.finish_reason if last else None)])
+            sent += len(new)
+            await resp.write(bytes(buf))
+        if req.finished and sent == len(req.outputs):
+            break
+    if include_usage:
+        await resp.write(chunk([], _usage(req, w.cfg.enable_prompt_tokens_details)))
+    await resp.write(SSE_DONE)
+    await resp.write_eof()
+    return resp
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=False)
+
+
+async def _render(w: SimWorker, body: dict[str, Any], chat: bool) -> Rendered:
+    if chat or "messages" in body:
+        return await w.render_chat_body(body)
+    return w.render_completion_body(body)
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
+    body = await read_json_object(request)
+    if "messages" not in body and "prompt" not in body:
+        raise ApiError(400, "Either 'prompt' or 'messages' is required.", "prompt")
+    rendered = await _render(w, body, chat=False)
+    ids = rendered.prompt.token_ids
+    return json_response({"count": len(ids), "max_model_len": w.max_model_len, "tokens": ids, "token_strs": None})
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise ApiError(400, "tokens must be a list of integers", "tokens")
+    bad = next((t for t in tokens if not tokenizer.is_valid_id(t)), None)
+    if bad is not None:
+        raise ApiError(400, f"token id {bad} is out of vocabulary", "tokens")
+    return json_response({"prompt": tokenizer.decode(tokens)})
+
+
+def _generate_request(w: SimWorker, rid: str, body: dict[str, Any], rendered: Rendered) -> dict[str, Any]:
+    prompt = rendered.prompt
+    params = w.sampling_params(body, prompt)
+    features = None
+    if prompt.mm_items:
+        features = {
+            "mm_hashes": {"image": [it.hash for it in prompt.mm_items]},
+            "mm_placeholders": {"image": [{"offset": it.offset, "length": it.length} for it in prompt.mm_items]},
+            "kwargs_data": None,
+        }
+    return {
+        "request_id": rid,
+        "token_ids": prompt.token_ids,
+        "features": features,
+        "sampling_params": {
+            "max_tokens": params.max_tokens,
+            "stop": list(params.stop),
+            "ignore_eos": params.ignore_eos,
+        },
+        "model": body.get("model") or w.cfg.model_name,
+        "stream": bool(body.get("stream", False)),
+        "cache_salt": body.get("cache_salt"),
+        "priority": 0,
+        "kv_transfer_params": None,
+    }
+
+
+async def chat_render(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
+    body = await read_json_object(request)
+    w.resolve_model(body)
+    rendered = await w.render_chat_body(body)
+    return json_response(_generate_request(w, request["rid"], body, rendered))
+
+
+async def completions_render(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
+    body = await read_json_object(request)
+    w.resolve_model(body)
+    rendered = w.render_completion_body(body)
+    return json_response([_generate_request(w, request["rid"], body, rendered)])
+
+
+async def reset_prefix_cache(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
+    success = w.pool.reset()
+    if w.publisher is not None:
+        w.publisher.flush()  # outside an engine step: nothing else would send AllBlocksCleared
+    return json_response({"success": success})
+
+
+async def load_lora(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
+    body = await read_json_object(request)
+    name, path = body.get("lora_name"), body.get("lora_path")
+    if not isinstance(name, str) or not isinstance(path, str):
+        raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.", "lora_name")
+    w.loras.load(name, path)
+    return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+
+async def unload_lora(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
+    body = await read_json_object(request)
+    name = body.get("lora_name")
+    if not isinstance(name, str):
+        raise ApiError(400, "'lora_name' must be provided.", "lora_name")
+    w.loras.unload(name)
+    return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+
+def build_app(worker: SimWorker) -> web.Application:
+    middleware = api_middleware(
+        log,
+        headers=lambda rid: _headers(worker, rid),
+        before=lambda request: _fault_injection(worker, request),
+        finished=lambda request, status, seconds: _log_request(worker, request, status, seconds),
+    )
+    app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
+    app[WORKER] = worker
+    app.router.add_get("/health", health)
+    app.router.add_get("/ping", health)
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
+    app.router.add_post("/v1/chat/completions/render", chat_render)
+    app.router.add_post("/v1/completions/render", completions_render)
+    app.router.add_post("/reset_prefix_cache", reset_prefix_cache)
+    if worker.cfg.enable_lora:
+        app.router.add_post("/v1/load_lora_adapter", load_lora)
+        app.router.add_post("/v1/unload_lora_adapter", unload_lora)
+    return app

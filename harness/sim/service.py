@@ -1,0 +1,284 @@
+"""The simulated worker's service layer: configuration -> engine, cache, memory; request bodies -> prompts.
+
+``SimWorker`` owns everything a request needs besides HTTP: the model's geometry and memory plan, the engine and
+its paged cache, the LoRA registry, the image resolver, and the simulated-GPU memory it publishes. It validates
+and renders requests through ``harness.mm``, exactly as the proxy does, so both see the same tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from harness.gpu.simulated import SimGpuRegistry
+from harness.kv_events import EventPublisher, KVEventsConfig
+from harness.mm import tokenizer
+from harness.mm.assets import AssetStore
+from harness.mm.geometry import ImageGeometry, resolve_geometry
+from harness.mm.images import ImageError, ImagePolicy
+from harness.mm.prompt import (
+    Prompt,
+    Turn,
+    completion_prompt,
+    image_parts,
+    parse_chat,
+    render_chat,
+)
+from harness.mm.resolver import ImageResolver, ResolvedImage
+from harness.openai_api import (
+    ApiError,
+)
+from harness.sim import answers
+from harness.sim.config import WorkerConfig
+from harness.sim.engine import Engine, SamplingParams
+from harness.sim.kv_cache import BlockPool
+from harness.sim.lora import LoraRegistry
+from harness.sim.metrics import EngineMetrics
+from harness.sim.model_specs import ModelSpec, model_spec
+from harness.sim.timing import TimingModel
+
+log = logging.getLogger("harness.sim.worker")
+
+GIB = 1024**3
+#: Fraction of the weights a start-up profiling run adds at its peak (activations of a max-size batch).
+PROFILE_PEAK_FRACTION = 0.15
+#: Fixed runtime overhead on top of weights + KV (CUDA context, graphs, allocator slack).
+RUNTIME_OVERHEAD_BYTES = int(0.6 * GIB)
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+@dataclass
+class Rendered:
+    prompt: Prompt
+    answer: str
+
+
+def kv_cache_plan(cfg: WorkerConfig, spec: ModelSpec) -> tuple[int, int]:
+    """(number of blocks, KV bytes) from a block count, a byte cap, or the memory-utilization budget."""
+    per_block = spec.kv_bytes_per_token * cfg.block_size
+    if cfg.num_gpu_blocks_override:
+        return cfg.num_gpu_blocks_override, cfg.num_gpu_blocks_override * per_block
+    if cfg.kv_cache_memory_bytes is not None:
+        kv_bytes = cfg.kv_cache_memory_bytes
+    else:
+        budget = cfg.gpu_memory_utilization * cfg.sim_gpu_memory_gib * GIB
+        peak = spec.weights_bytes * (1 + PROFILE_PEAK_FRACTION) + RUNTIME_OVERHEAD_BYTES
+        kv_bytes = int(budget - peak)
+    num_blocks = kv_bytes // per_block
+    if num_blocks < 1:
+        raise StartupError(
+            f"No available memory for the cache blocks: {kv_bytes} bytes of KV cache hold no block of "
+            f"{per_block} bytes. Increase --kv-cache-memory-bytes or --gpu-memory-utilization."
+        )
+    return num_blocks, kv_bytes
+
+
+class SimWorker:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.spec = model_spec(cfg.model)
+        self.geometry: ImageGeometry = resolve_geometry(
+            cfg.model,
+            family=cfg.mm_family,
+            preprocessor_config=cfg.preprocessor_config,
+            overrides=cfg.mm_processor_kwargs,
+        )
+        self.num_blocks, self.kv_bytes = kv_cache_plan(cfg, self.spec)
+        capacity_tokens = self.num_blocks * cfg.block_size
+        self.max_model_len = cfg.max_model_len or min(self.spec.max_model_len, capacity_tokens)
+        if self.max_model_len > capacity_tokens:
+            raise StartupError(
+                f"To serve at least one request with the model's max seq len ({self.max_model_len}), "
+                f"{self.max_model_len * self.spec.kv_bytes_per_token / GIB:.2f} GiB KV cache is needed, which "
+                f"is larger than the available KV cache memory ({self.kv_bytes / GIB:.2f} GiB). Try "
+                f"increasing --kv-cache-memory-bytes or decreasing --max-model-len."
+            )
+        self.metrics = EngineMetrics(cfg.model_name)
+        events_cfg = KVEventsConfig.from_json(cfg.kv_events_config)
+        self.publisher = EventPublisher(events_cfg) if events_cfg else None
+        self.pool = BlockPool(self.num_blocks, cfg.block_size, self.publisher.add if self.publisher else None)
+        if self.publisher is not None:
+            self.metrics.step_end_callbacks.append(self.publisher.flush)
+        self.timing = TimingModel(
+            step_overhead_s=cfg.step_overhead_ms / 1e3,
+            prefill_token_s=cfg.prefill_token_us / 1e6,
+            image_token_s=cfg.image_token_us / 1e6,
+            decode_seq_s=cfg.decode_seq_us / 1e6,
+            speedup=cfg.speedup,
+        )
+        self.engine = Engine(
+            self.pool,
+            self.timing,
+            max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            hooks=self.metrics,
+        )
+        self.metrics.bind(self.engine)
+        self.loras = LoraRegistry(cfg.model, cfg.max_lora_rank)
+        self.policy = ImagePolicy(
+            allowed_hosts=cfg.allowed_media_hosts,
+            allowed_local_path=cfg.allowed_local_media_path,
+            max_bytes=cfg.max_image_bytes,
+            fetch_timeout_s=cfg.media_fetch_timeout,
+        )
+        self.assets = AssetStore(cfg.asset_dir) if cfg.asset_dir else None
+        self.images = ImageResolver(
+            cfg.model, self.geometry, self.policy, assets=self.assets, analyze=answers.dominant_colours
+        )
+        self.ready = False
+        self.created = int(time.time())
+        self.num_requests = 0
+        self.rng = random.Random(cfg.seed)
+        self.gpus = SimGpuRegistry()
+        self.session: aiohttp.ClientSession | None = None
+
+    # -- memory ------------------------------------------------------------------------------------------
+    @property
+    def steady_bytes(self) -> int:
+        return self.spec.weights_bytes + self.kv_bytes + RUNTIME_OVERHEAD_BYTES
+
+    @property
+    def profile_peak_bytes(self) -> int:
+        return int(self.spec.weights_bytes * (1 + PROFILE_PEAK_FRACTION)) + RUNTIME_OVERHEAD_BYTES
+
+    def publish_memory(self, used: int) -> None:
+        peak = max(used, self.profile_peak_bytes if used else 0)
+        self.gpus.publish(self.cfg.sim_gpu_index, os.getpid(), used, peak, label=self.cfg.name)
+
+    # -- life cycle ------------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Simulated load + profile: memory climbs to the profiling peak, then settles at weights + KV."""
+        self.session = aiohttp.ClientSession()
+        self.images.session = self.session
+        self.engine.start()
+        self.publish_memory(self.spec.weights_bytes)
+        if self.cfg.startup_delay > 0:
+            await asyncio.sleep(self.cfg.startup_delay / 2)
+        self.publish_memory(self.profile_peak_bytes)
+        if self.cfg.startup_delay > 0:
+            await asyncio.sleep(self.cfg.startup_delay / 2)
+        if self.cfg.fail_startup:
+            raise StartupError("simulated start-up failure (--fail-startup)")
+        self.publish_memory(self.steady_bytes)
+        for name, path in self.cfg.lora_modules:
+            self.loras.load(name, path)
+        self.ready = True
+        family = self.geometry.family.name
+        log.info(
+            "worker %s ready: model=%s family=%s geometry=%s blocks=%d block_size=%d max_model_len=%d "
+            "kv_bytes=%d speedup=%g",
+            self.cfg.name,
+            self.cfg.model_name,
+            family,
+            self.geometry.source,
+            self.num_blocks,
+            self.cfg.block_size,
+            self.max_model_len,
+            self.kv_bytes,
+            self.cfg.speedup,
+        )
+
+    async def shutdown(self) -> None:
+        await self.engine.stop()
+        if self.session is not None:
+            await self.session.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        self.gpus.remove(self.cfg.sim_gpu_index, os.getpid())
+
+    # -- request building ------------------------------------------------------------------------------
+    def resolve_model(self, body: dict[str, Any]) -> str | None:
+        """The LoRA adapter a request names, None for the base model; 404 like vLLM otherwise."""
+        model = body.get("model")
+        if model is None or model == self.cfg.model_name or model == self.cfg.model:
+            return None
+        if isinstance(model, str) and self.loras.get(model) is not None:
+            return model
+        raise ApiError(404, f"The model `{model}` does not exist.", "model", "NotFoundError")
+
+    async def render_chat_body(self, body: dict[str, Any]) -> Rendered:
+        turns = parse_chat(body.get("messages"))
+        parts = image_parts(turns)
+        limit = int(self.cfg.limit_mm_per_prompt.get("image", 16))
+        if len(parts) > limit:
+            raise ApiError(400, f"At most {limit} image(s) may be provided in one prompt.", "messages")
+        try:
+            resolved: list[ResolvedImage] = [await self.images.resolve(p) for p in parts]
+        except ImageError as exc:
+            raise ApiError(exc.status, str(exc), "messages") from None
+        prompt = render_chat(
+            turns,
+            self.geometry.family,
+            [(im.hash, im.tokens) for im in resolved],
+            add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+        )
+        if resolved:
+            answer = answers.describe_images([im.facts.extra for im in resolved])
+        else:
+            answer = answers.answer_text(_last_user_text(turns))
+        return Rendered(prompt, answer)
+
+    def render_completion_body(self, body: dict[str, Any]) -> Rendered:
+        prompt = completion_prompt(body.get("prompt"))
+        return Rendered(prompt, answers.answer_text(tokenizer.decode(prompt.token_ids)))
+
+    def check_length(self, prompt: Prompt, max_tokens: int | None) -> int:
+        n, limit = prompt.num_tokens, self.max_model_len
+        if n == 0:
+            raise ApiError(400, "The prompt cannot be empty.", "prompt")
+        if n >= limit:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+                f"{n} input tokens. Please reduce the length of the input messages.",
+                "messages",
+            )
+        if max_tokens is None:
+            return limit - n
+        if n + max_tokens > limit:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{n + max_tokens} tokens ({n} in the messages, {max_tokens} in the completion). Please "
+                f"reduce the length of the messages or completion.",
+                "max_tokens",
+            )
+        return max_tokens
+
+    def sampling_params(self, body: dict[str, Any], prompt: Prompt) -> SamplingParams:
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is not None and (
+            not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+        ):
+            raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens!r}.", "max_tokens")
+        n = body.get("n", 1)
+        if n != 1:
+            raise ApiError(400, "n > 1 is not supported by the simulated engine.", "n")
+        stop = body.get("stop") or ()
+        if isinstance(stop, str):
+            stop = (stop,)
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+            raise ApiError(400, "stop must be a string or a list of strings.", "stop")
+        return SamplingParams(
+            max_tokens=self.check_length(prompt, max_tokens),
+            stop=tuple(stop),
+            ignore_eos=bool(body.get("ignore_eos", False)),
+        )
+
+
+def _last_user_text(turns: Sequence[Turn]) -> str:
+    for turn in reversed(turns):
+        if turn.role == "user":
+            return " ".join(p for p in turn.parts if isinstance(p, str))
+    return ""
