@@ -100,6 +100,35 @@ def sse_event(data: Any) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+def model_card(model_id: str, root: str, parent: str | None, created: int, max_model_len: int | None) -> dict:
+    """An entry of ``GET /v1/models`` as vLLM writes it (``ModelCard`` with one ``ModelPermission``)."""
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": root,
+        "parent": parent,
+        "max_model_len": max_model_len,
+        "permission": [
+            {
+                "id": f"modelperm-{uuid.uuid5(uuid.NAMESPACE_URL, model_id).hex}",
+                "object": "model_permission",
+                "created": created,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ],
+    }
+
+
 def exception_response(exc: Exception, headers: Mapping[str, str], rid: str, logger: logging.Logger) -> web.Response:
     """The OpenAI-style answer to an exception a handler raised: 4xx for bad input, 500 (logged) for bugs.
 

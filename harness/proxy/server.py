@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +15,7 @@ from harness.openai_api import (
     REQUEST_ID_HEADER,
     api_middleware,
     json_response,
+    model_card,
 )
 from harness.proxy.config import ProxyConfig, parse_args
 from harness.proxy.service import Proxy
@@ -64,20 +64,11 @@ async def models(request: web.Request) -> web.Response:
     """vLLM's model list: the base model and every adapter the proxy can serve (loaded on demand)."""
     proxy = request.app[PROXY]
 
-    def card(model_id: str, root: str, parent: str | None) -> dict[str, Any]:
-        return {
-            "id": model_id,
-            "object": "model",
-            "created": proxy.created,
-            "owned_by": "vllm",
-            "root": root,
-            "parent": parent,
-            "max_model_len": None,
-            "permission": [],
-        }
-
-    cards = [card(proxy.cfg.model, proxy.cfg.model, None)]
-    cards += [card(name, str(path), proxy.cfg.model) for name, path in proxy.catalog.available().items()]
+    cards = [model_card(proxy.cfg.model, proxy.cfg.model, None, proxy.created, None)]
+    cards += [
+        model_card(name, str(path), proxy.cfg.model, proxy.created, None)
+        for name, path in proxy.catalog.available().items()
+    ]
     return json_response({"object": "list", "data": cards})
 
 

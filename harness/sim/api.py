@@ -25,6 +25,7 @@ from harness.openai_api import (
     ApiError,
     api_middleware,
     json_response,
+    model_card,
     read_json_object,
     sse_event,
 )
@@ -80,23 +81,10 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-def _model_card(worker: SimWorker, model_id: str, root: str, parent: str | None, max_len: int | None) -> dict:
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": worker.created,
-        "owned_by": "vllm",
-        "root": root,
-        "parent": parent,
-        "max_model_len": max_len,
-        "permission": [],
-    }
-
-
 async def models(request: web.Request) -> web.Response:
     w = request.app[WORKER]
-    cards = [_model_card(w, w.cfg.model_name, w.cfg.model, None, w.max_model_len)]
-    cards += [_model_card(w, a.name, a.path, w.cfg.model_name, None) for a in w.loras.adapters.values()]
+    cards = [model_card(w.cfg.model_name, w.cfg.model, None, w.created, w.max_model_len)]
+    cards += [model_card(a.name, a.path, w.cfg.model_name, w.created, None) for a in w.loras.adapters.values()]
     return json_response({"object": "list", "data": cards})
 
 
