@@ -13,8 +13,8 @@ One run, the same two simulated workers (--speedup 0) behind every front door:
    to direct-to-worker.
 3. Memory. 10,000 image requests, each with a distinct 512x512 PNG, to a fresh kv_mm proxy; its resident set
    (VmRSS) is sampled every 1,000 requests. The proxy keeps bounded memos (ImageResolver: 4,096 entries) and a
-   bounded per-worker PredictedIndex (--index-capacity-blocks, 200,000 blocks each), so some bounded growth is
-   expected; the run prints it and what the index holds.
+   bounded per-worker PredictedIndex (--index-capacity-blocks, 32,768 blocks each by default), so some bounded
+   growth is expected; the run prints it and what the index holds.
 
 With two CPUs, workers and the front door under test run on CPU 0 and the load generator on CPU 1. CPU time per
 request of the front door (from /proc/<pid>/stat) is printed too: it does not depend on pinning. Figures only;

@@ -189,7 +189,7 @@ def cmd_assets(args: argparse.Namespace, extra: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness",
-        description=__doc__.split("\n\n")[0],
+        description="Multimodal LLM routing harness: run the gates, boot a stack, plan, benchmark, summarise.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared helpers for launch scripts. Source it; do not run it.
 #
-# Contract (DESIGN.md): scripts read only environment variables and print one line
+# Contract (the project's design notes; README "Launch scripts"): scripts read only environment variables and print one line
 #   HARNESS_READY url=<front door>
 # once the stack serves, then stay in the foreground until a component dies (exit non-zero, naming it) or
 # they are signalled. Phase timings are printed as `HARNESS_PHASE name=<phase> seconds=<s>`.
