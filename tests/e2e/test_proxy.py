@@ -259,6 +259,26 @@ def make_adapter(
     return d
 
 
+def lora_stack(stack_factory, adapters: Path, workers: int) -> Stack:
+    """Workers that accept runtime LoRA (rank <= 16) behind a proxy serving ``adapters`` with 2 slots a worker."""
+    return stack_factory(
+        workers,
+        "kv_mm",
+        worker_args=(*WORKER_ARGS, "--enable-lora", "--max-lora-rank", "16"),
+        proxy_args=("--adapter-dir", str(adapters), "--max-loras-per-worker", "2"),
+    )
+
+
+def asset_stack(stack_factory, assets: AssetStore, workers: int) -> Stack:
+    """Workers and proxy sharing one run-scoped asset directory (mmfile:// references)."""
+    return stack_factory(
+        workers,
+        "kv_mm",
+        worker_args=(*WORKER_ARGS, "--asset-dir", str(assets.root)),
+        proxy_args=("--asset-dir", str(assets.root)),
+    )
+
+
 def worker_adapters(w: WorkerHandle) -> set[str]:
     return {c["id"] for c in httpx.get(f"{w.url}/v1/models").json()["data"] if c["parent"]}
 
@@ -267,12 +287,7 @@ def test_lora_cold_load_affinity_lru_and_reregister(stack_factory, tmp_path: Pat
     adapters = tmp_path / "adapters"
     for i, name in enumerate(("style-a", "style-b", "style-c")):
         make_adapter(adapters, name, seed=i)
-    s = stack_factory(
-        2,
-        "kv_mm",
-        worker_args=(*WORKER_ARGS, "--enable-lora", "--max-lora-rank", "16"),
-        proxy_args=("--adapter-dir", str(adapters), "--max-loras-per-worker", "2"),
-    )
+    s = lora_stack(stack_factory, adapters, workers=2)
     msgs = image_message(data_url(png_bytes(GREEN)))
     first = s.chat(msgs, "lora-1", model="style-a")
     assert first.status_code == 200, first.text
@@ -392,12 +407,7 @@ def test_no_healthy_worker_is_503(stack_factory) -> None:
 # -- bad input and payload modes --------------------------------------------------------------------------------
 def test_bad_input_gets_4xx(stack_factory, tmp_path: Path) -> None:
     assets = AssetStore(tmp_path / "assets").ensure()
-    s = stack_factory(
-        2,
-        "kv_mm",
-        worker_args=(*WORKER_ARGS, "--asset-dir", str(assets.root)),
-        proxy_args=("--asset-dir", str(assets.root)),
-    )
+    s = asset_stack(stack_factory, assets, workers=2)
     url = f"{s.url}/v1/chat/completions"
     r = httpx.post(url, content=b"{oops", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "Invalid JSON" in r.json()["error"]["message"]
@@ -415,12 +425,7 @@ def test_bad_input_gets_4xx(stack_factory, tmp_path: Path) -> None:
 
 def test_asset_references_resolve_and_hash_like_inline(stack_factory, tmp_path: Path) -> None:
     assets = AssetStore(tmp_path / "assets").ensure()
-    s = stack_factory(
-        2,
-        "kv_mm",
-        worker_args=(*WORKER_ARGS, "--asset-dir", str(assets.root)),
-        proxy_args=("--asset-dir", str(assets.root)),
-    )
+    s = asset_stack(stack_factory, assets, workers=2)
     data = png_bytes(BLUE)
     ref = assets.put(data)
     by_ref = s.chat(image_message(ref), "ref-1")
@@ -436,12 +441,7 @@ def test_derived_artifacts_are_swept_but_sources_kept(stack_factory, tmp_path: P
     import subprocess
 
     assets = AssetStore(tmp_path / "assets").ensure()
-    s = stack_factory(
-        1,
-        "kv_mm",
-        worker_args=(*WORKER_ARGS, "--asset-dir", str(assets.root)),
-        proxy_args=("--asset-dir", str(assets.root)),
-    )
+    s = asset_stack(stack_factory, assets, workers=1)
     ref = assets.put(png_bytes(GREEN))
     assert s.chat(image_message(ref)).status_code == 200
     derived = list(assets.derived.glob("*.facts.json"))
@@ -465,12 +465,7 @@ def test_lora_lru_evicts_least_recently_used(stack_factory, tmp_path: Path) -> N
     adapters = tmp_path / "adapters"
     for i, name in enumerate(("lru-a", "lru-b", "lru-c")):
         make_adapter(adapters, name, seed=i)
-    s = stack_factory(
-        1,
-        "kv_mm",
-        worker_args=(*WORKER_ARGS, "--enable-lora", "--max-lora-rank", "16"),
-        proxy_args=("--adapter-dir", str(adapters), "--max-loras-per-worker", "2"),
-    )
+    s = lora_stack(stack_factory, adapters, workers=1)
     w = s.workers[0]
     msgs = [{"role": "user", "content": "hello adapters"}]
     for name in ("lru-a", "lru-b", "lru-a"):  # a is now the most recently used, b the least

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -16,6 +16,7 @@ from harness.mm.prompt import MMItem, Prompt
 from harness.sim.engine import Engine, EngineHooks, OutputPlan, Request, SamplingParams, plan_output
 from harness.sim.kv_cache import BlockPool
 from harness.sim.timing import TimingModel
+from tests.helpers import run_engine
 
 T = TypeVar("T")
 B = 16
@@ -128,19 +129,6 @@ async def submit(engine: Engine, req: Request) -> Request:
     return req
 
 
-def run(engine: Engine, body: Callable[[], Awaitable[T]]) -> T:
-    """Run ``body`` with the engine loop started inside one event loop, stopping the engine afterwards."""
-
-    async def main() -> T:
-        engine.start()
-        try:
-            return await body()
-        finally:
-            await engine.stop()
-
-    return asyncio.run(main())
-
-
 def run_all(engine: Engine, reqs_factory: Callable[[], list[Request]]) -> list[Request]:
     async def body() -> list[Request]:
         reqs = reqs_factory()
@@ -149,7 +137,7 @@ def run_all(engine: Engine, reqs_factory: Callable[[], list[Request]]) -> list[R
         await asyncio.wait_for(asyncio.gather(*(wait_finished(r) for r in reqs)), DEADLINE_S)
         return reqs
 
-    return run(engine, body)
+    return run_engine(engine, body)
 
 
 def assert_all_free(engine: Engine) -> None:
@@ -170,7 +158,7 @@ def test_repeated_prompt_reports_floor_of_p_minus_one(timing: TimingModel, p: in
         warm = await submit(engine, make_req(toks(p)))
         return cold, warm
 
-    cold, warm = run(engine, body)
+    cold, warm = run_engine(engine, body)
     assert cold.num_cached_tokens == 0
     assert warm.num_cached_tokens == (p - 1) // B * B
     assert warm.outputs == list(warm.plan.token_ids)
@@ -190,7 +178,7 @@ def test_partial_prefix_hits_exactly_the_shared_full_blocks(timing: TimingModel,
         await submit(engine, make_req(first))
         return await submit(engine, make_req(second))
 
-    assert run(engine, body).num_cached_tokens == expected
+    assert run_engine(engine, body).num_cached_tokens == expected
     assert_all_free(engine)
 
 
@@ -205,7 +193,7 @@ def test_prefix_of_a_cached_prompt_and_decode_blocks_hit() -> None:
         b = await submit(engine, make_req(follow))
         return a, b
 
-    _, b = run(engine, body)
+    _, b = run_engine(engine, body)
     # KV exists for the prompt and all generated tokens but the last: 40 + 29 = 69 tokens -> 4 full blocks.
     assert b.num_cached_tokens == 64
 
@@ -222,7 +210,7 @@ def test_finished_request_chain_tail_is_evicted_first() -> None:
             await submit(engine, make_req(chain, n_out=1)),
         ]
 
-    first, _, again = run(engine, body)
+    first, _, again = run_engine(engine, body)
     assert first.num_cached_tokens == 0
     # The chain's last block was evicted; its first two still hit (the lookup cap is 2 blocks anyway).
     assert again.num_cached_tokens == 32
@@ -244,7 +232,7 @@ def test_different_image_same_text_hits_only_before_the_image() -> None:
         c = await submit(engine, make_req(ids, mm=green))
         return a, b, c
 
-    a, b, c = run(engine, body)
+    a, b, c = run_engine(engine, body)
     assert a.num_cached_tokens == 0
     assert b.num_cached_tokens == 32
     assert c.num_cached_tokens == (len(ids) - 1) // B * B
@@ -265,7 +253,7 @@ def test_image_hash_changes_hits_even_with_image_later_in_prompt() -> None:
         await submit(engine, make_req(ids, mm=items_a))
         return await submit(engine, make_req(ids, mm=items_b))
 
-    assert run(engine, body).num_cached_tokens == 64
+    assert run_engine(engine, body).num_cached_tokens == 64
 
 
 @pytest.mark.parametrize(
@@ -290,7 +278,7 @@ def test_lora_and_cache_salt_isolate_caches(ctx_a: BlockKeyContext, ctx_b: Block
             await submit(engine, make_req(ids, ctx=ctx_a)),
         ]
 
-    cached = [r.num_cached_tokens for r in run(engine, body)]
+    cached = [r.num_cached_tokens for r in run_engine(engine, body)]
     assert cached == [0, 0, full_hit, full_hit]
 
 
@@ -356,7 +344,7 @@ def test_budget_shared_between_decode_and_prefill() -> None:
         await asyncio.wait_for(asyncio.gather(wait_finished(a), wait_finished(b)), DEADLINE_S)
         return b
 
-    run(engine, body)
+    run_engine(engine, body)
     assert all(prefill + decodes <= 32 for prefill, _, decodes in timing.steps)
     # b's 64 prompt tokens were split into chunks while a decoded alongside.
     assert (31, 0, 1) in timing.steps
@@ -406,7 +394,7 @@ def test_abort_running_request_releases_blocks() -> None:
         assert len(victim.outputs) == produced  # the in-flight step skips aborted requests
         return victim, other
 
-    victim, other = run(engine, body)
+    victim, other = run_engine(engine, body)
     assert victim.finish_reason == "abort"  # counted like vLLM's finished_reason="abort"
     assert len(victim.outputs) < 500
     assert victim.request_id in rec.finished
@@ -428,7 +416,7 @@ def test_abort_waiting_request_is_never_scheduled() -> None:
         last = await submit(engine, make_req(toks(20, base=9000)))
         return first, queued, last
 
-    first, queued, last = run(engine, body)
+    first, queued, last = run_engine(engine, body)
     assert queued.num_cached_tokens == -1
     assert queued.outputs == []
     assert queued.request_id not in rec.scheduled
@@ -461,7 +449,7 @@ def test_cache_hit_lowers_ttft_in_realtime() -> None:
         warm = await submit(engine, make_req(ids, n_out=1))
         return cold, warm
 
-    cold, warm = run(engine, body)
+    cold, warm = run_engine(engine, body)
     assert warm.num_cached_tokens == 384
     assert cold.ttft is not None and warm.ttft is not None
     assert cold.ttft >= 0.08 * 0.9

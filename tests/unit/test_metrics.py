@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
@@ -15,6 +15,7 @@ from harness.sim.engine import Engine, OutputPlan, Request
 from harness.sim.kv_cache import BlockPool
 from harness.sim.metrics import EngineMetrics
 from harness.sim.timing import TimingModel
+from tests.helpers import run_engine
 
 T = TypeVar("T")
 B = 16
@@ -57,17 +58,6 @@ def setup(timing: TimingModel, num_blocks: int = 128, **kw: int) -> tuple[Engine
     return engine, metrics
 
 
-def run(engine: Engine, body: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        engine.start()
-        try:
-            return await body()
-        finally:
-            await engine.stop()
-
-    return asyncio.run(main())
-
-
 async def submit(engine: Engine, req: Request) -> Request:
     engine.add_request(req)
     await asyncio.wait_for(wait_until(req, lambda r: r.finished), DEADLINE_S)
@@ -86,7 +76,7 @@ def test_counters_and_histograms_after_engine_run(speedup: float) -> None:
             await submit(engine, make_req("other", 40, 3, reason="length", base=30_000)),
         ]
 
-    reqs = run(engine, body)
+    reqs = run_engine(engine, body)
     hit = (p - 1) // B * B
     assert [r.num_cached_tokens for r in reqs] == [0, hit, 0]
 
@@ -147,7 +137,7 @@ def test_gauges_are_read_at_scrape_time() -> None:
         assert value(s, "vllm:num_requests_waiting") == 0
         assert value(s, "vllm:kv_cache_usage_perc") == 0.0
 
-    run(engine, body)
+    run_engine(engine, body)
 
 
 def test_preemptions_counted() -> None:
@@ -162,7 +152,7 @@ def test_preemptions_counted() -> None:
         await asyncio.wait_for(asyncio.gather(*(wait_until(r, lambda x: x.finished) for r in reqs)), DEADLINE_S)
         return reqs
 
-    run(engine, body)
+    run_engine(engine, body)
     s = scrape(metrics)
     labels = (("engine", "3"), ("model_name", MODEL))
     assert s[("vllm:num_preemptions_total", labels)] > 0
