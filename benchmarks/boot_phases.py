@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.launch import launched
+from harness.stack.launch import launched
 from harness.profiles import default_profile_dir, find_case, load_profiles
 
 

@@ -20,13 +20,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.profiles import default_profile_dir, find_case, load_profiles, repo_root
+from harness.profiles import PACKAGE_DIR, default_profile_dir, find_case, load_profiles
 
 GATES = Path(__file__).resolve().parent / "gates"
 
 
 def reports_root() -> Path:
-    return Path(os.environ.get("HARNESS_REPORTS_DIR") or repo_root() / "reports")
+    """``$HARNESS_REPORTS_DIR``, else ``reports/`` in the current directory (an installed harness has no checkout)."""
+    return Path(os.environ.get("HARNESS_REPORTS_DIR") or Path.cwd() / "reports")
 
 
 def new_run_dir(root: Path) -> Path:
@@ -111,7 +112,7 @@ def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_stack_up(args: argparse.Namespace, extra: list[str]) -> int:
-    from harness.launch import LaunchError, launched
+    from harness.stack.launch import LaunchError, launched
 
     cases = load_profiles(default_profile_dir(), backend=args.backend)
     try:
@@ -146,7 +147,10 @@ def cmd_stack_up(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
-    bench = repo_root() / "benchmarks"
+    bench = PACKAGE_DIR.parent / "benchmarks"  # the project's own benchmarks live in its checkout
+    if not bench.is_dir():
+        print("harness bench: the project benchmarks ship with the source checkout, not the wheel", file=sys.stderr)
+        return 2
     scripts = {
         "worker": "sim_worker_rps.py",
         "proxy": "proxy_overhead.py",

@@ -190,13 +190,14 @@ def find_case(cases: Iterable[Case], case_id: str) -> Case:
     return by_id[case_id]
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def default_profile_dir() -> Path:
-    return repo_root() / "profiles"
+    """The built-in profiles, shipped as package data (``profiles/`` in a checkout links here)."""
+    return PACKAGE_DIR / "gates" / "profiles"
 
 
 def default_launch_dir() -> Path:
-    return repo_root() / "launch"
+    """The built-in launch scripts (``lib.sh`` and the topologies), shipped as package data."""
+    return PACKAGE_DIR / "stack" / "scripts"

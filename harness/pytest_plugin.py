@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from harness import profiles
-from harness.gate import GateResult, run_gate
-from harness.image_server import ImageServer
-from harness.launch import Stack, launched
-from harness.payloads import make_lora_adapter
+from harness.gate.scenario import GateResult, run_gate
+from harness.gate.image_server import ImageServer
+from harness.stack.launch import Stack, launched
+from harness.gate.payloads import make_lora_adapter
 from harness.profiles import (
     BACKENDS,
     Case,

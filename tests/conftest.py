@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.image_server import ImageServer
+from harness.gate.image_server import ImageServer
 from harness.sim.process import WorkerHandle, start_workers, stop_workers
 from tests.helpers import MODEL
 

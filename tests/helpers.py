@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from harness.payloads import data_url, image_part, noise_png, text_part
-from harness.payloads import solid_png as png_bytes
+from harness.gate.payloads import data_url, image_part, noise_png, text_part
+from harness.gate.payloads import solid_png as png_bytes
 from harness.sim.engine import Engine
 
 MODEL = "Qwen/Qwen3-VL-2B-Instruct"

@@ -4,7 +4,7 @@ Each boots its stack through its launch script, runs the multimodal routing gate
 Controls are strict xfails: they must fail the gate.
 """
 
-from harness.gate import GateResult
+from harness.gate.scenario import GateResult
 from harness.profiles import Case
 
 

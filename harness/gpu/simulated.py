@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.procs import pid_alive
+from harness.stack.processes import pid_alive
 
 DEFAULT_CAPACITY_BYTES = 80 * 1024**3
 ENV_DIR = "HARNESS_SIM_GPU_DIR"

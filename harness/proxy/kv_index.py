@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from harness.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from harness.server.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 
 class PredictedIndex:

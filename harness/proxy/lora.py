@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from harness.openai_api import ApiError
+from harness.server.openai import ApiError
 from harness.proxy.adapters import AdapterCatalog, AdapterError, AdapterInfo
 from harness.proxy.metrics import ProxyMetrics
 from harness.proxy.workers import RetryableError, WorkerState

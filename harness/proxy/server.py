@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.mm.geometry import GeometryNotFoundError
-from harness.openai_api import (
+from harness.server.openai import (
     QUIET_PATHS,
     REQUEST_ID_HEADER,
     api_middleware,
@@ -19,7 +19,7 @@ from harness.openai_api import (
 )
 from harness.proxy.config import ProxyConfig, parse_args
 from harness.proxy.service import Proxy
-from harness.serving import configure_logging, run_main, serve_app
+from harness.server.app import configure_logging, run_main, serve_app
 
 log = logging.getLogger("harness.proxy")
 

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from harness.kv_events import EventSubscriber
+from harness.server.kv_events import EventSubscriber
 from harness.mm.assets import SCHEME as ASSET_SCHEME
 from harness.mm.assets import AssetStore
 from harness.mm.families import FAMILIES, family_for_model, get_family
@@ -32,7 +32,7 @@ from harness.mm.hashing import BlockKeyContext, block_hashes
 from harness.mm.images import ImageError, ImagePolicy
 from harness.mm.prompt import Prompt, Turn, completion_prompt, image_parts, parse_chat, render_chat
 from harness.mm.resolver import ImageResolver
-from harness.openai_api import (
+from harness.server.openai import (
     REQUEST_ID_HEADER,
     SERVED_BY_HEADER,
     ApiError,

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.mm import tokenizer
 from harness.mm.hashing import BlockKeyContext
-from harness.openai_api import (
+from harness.server.openai import (
     QUIET_PATHS,
     REQUEST_ID_HEADER,
     SERVED_BY_HEADER,

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from harness.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from harness.server.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 
 class Block:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.openai_api import ApiError
+from harness.server.openai import ApiError
 
 
 @dataclass(frozen=True)

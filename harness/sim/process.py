@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.ports import allocate_ports, release_ports
-from harness.procs import ManagedProcess, spawn, wait_http_ready
+from harness.stack.ports import allocate_ports, release_ports
+from harness.stack.processes import ManagedProcess, spawn, wait_http_ready
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from harness.gpu.simulated import SimGpuRegistry
-from harness.kv_events import EventPublisher, KVEventsConfig
+from harness.server.kv_events import EventPublisher, KVEventsConfig
 from harness.mm import tokenizer
 from harness.mm.assets import AssetStore
 from harness.mm.geometry import ImageGeometry, resolve_geometry
@@ -33,7 +33,7 @@ from harness.mm.prompt import (
     render_chat,
 )
 from harness.mm.resolver import ImageResolver, ResolvedImage
-from harness.openai_api import (
+from harness.server.openai import (
     ApiError,
 )
 from harness.sim import answers

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.mm.geometry import GeometryNotFoundError
-from harness.serving import configure_logging, run_main, serve_app
+from harness.server.app import configure_logging, run_main, serve_app
 from harness.sim.api import build_app
 from harness.sim.config import WorkerConfig, parse_args
 from harness.sim.service import SimWorker, StartupError

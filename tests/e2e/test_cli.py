@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.procs import pid_alive, spawn, wait_until
+from harness.stack.processes import pid_alive, spawn, wait_until
 from tests.helpers import MODEL, data_url, image_message, png_bytes
 
 pytestmark = pytest.mark.e2e

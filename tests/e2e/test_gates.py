@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import GateResult, run_gate
-from harness.image_server import ImageServer
-from harness.launch import launched
+from harness.gate.scenario import GateResult, run_gate
+from harness.gate.image_server import ImageServer
+from harness.stack.launch import launched
 from harness.profiles import default_profile_dir, find_case, load_profiles
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ import pytest
 
 from harness.gpu.simulated import SimGpuRegistry
 from harness.mm.hashing import DEFAULT_BLOCK_SIZE
-from harness.procs import ProcessExitedError, wait_until
+from harness.stack.processes import ProcessExitedError, wait_until
 from tests.helpers import MODEL, data_url, image_message, noise_png, png_bytes
 
 pytestmark = pytest.mark.e2e
@@ -458,8 +458,8 @@ def test_geometry_from_local_model_dir(sim_workers, tmp_path: Path) -> None:
 def test_prompt_tokens_details_only_with_the_flag(tmp_path: Path) -> None:
     """Like vLLM: without --enable-prompt-tokens-details the usage block has no cached_tokens (the gate then fails
     with a message naming the flag)."""
-    from harness.ports import allocate_ports, release_ports
-    from harness.procs import spawn, wait_http_ready
+    from harness.stack.ports import allocate_ports, release_ports
+    from harness.stack.processes import spawn, wait_http_ready
     from harness.sim.process import worker_env
 
     (port,) = allocate_ports(1)

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from harness.ports import allocate_ports, release_ports
-from harness.procs import spawn, wait_http_ready
+from harness.stack.ports import allocate_ports, release_ports
+from harness.stack.processes import spawn, wait_http_ready
 from tests.helpers import MODEL, data_url, image_message, png_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.routers]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.checks import CheckResult
-from harness.gate import GateBroken, GateResult
+from harness.gate.checks import CheckResult
+from harness.gate.scenario import GateBroken, GateResult
 
 
 def result(*failed_kinds: str) -> GateResult:

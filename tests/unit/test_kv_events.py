@@ -8,7 +8,7 @@ import time
 import msgpack
 import pytest
 
-from harness.kv_events import (
+from harness.server.kv_events import (
     DEFAULT_TOPIC,
     EventPublisher,
     EventSubscriber,
@@ -18,7 +18,7 @@ from harness.kv_events import (
     encode_batch,
     encode_event,
 )
-from harness.ports import allocate_ports, release_ports
+from harness.stack.ports import allocate_ports, release_ports
 from harness.sim.kv_cache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 STORED = BlockStored(block_hashes=(11, 12), parent_block_hash=10, token_ids=tuple(range(32)), block_size=16)
@@ -164,7 +164,7 @@ def test_pub_sub_round_trip() -> None:
 
 def test_block_stored_carries_extra_keys_per_block() -> None:
     """Image hashes reach subscribers: each stored block's ("mm", hash, offset) keys survive the wire."""
-    from harness.kv_events import BlockStored, decode_batch, encode_batch
+    from harness.server.kv_events import BlockStored, decode_batch, encode_batch
 
     event = BlockStored(
         (1, 2), None, tuple(range(32)), 16, "lora-a", ((("lora", "lora-a", "/p"), ("mm", "abc", 5)), None)

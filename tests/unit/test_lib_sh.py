@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.procs import pid_alive, spawn, wait_until
+from harness.stack.processes import pid_alive, spawn, wait_until
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
 

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from harness.procs import pid_alive, wait_until
+from harness.stack.processes import pid_alive, wait_until
 
 LIB = Path(__file__).resolve().parents[2] / "launch" / "lib.sh"
 
@@ -21,7 +21,7 @@ def test_sigkilled_parent_takes_its_stack_down(tmp_path: Path) -> None:
     driver = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from harness.procs import spawn
+        from harness.stack.processes import spawn
         p = spawn("stack", ["bash", {str(script)!r}], Path({str(tmp_path / "stack.log")!r}),
                   env={{"PATH": "/usr/bin:/bin", "HARNESS_LOG_DIR": {str(tmp_path)!r}}})
         print(p.pid, flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ports
+from harness.stack import ports
 from harness.profiles import default_launch_dir
 from harness.report.summary import verdict, write_summary
 

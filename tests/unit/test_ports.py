@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import ports
-from harness.ports import allocate_ports, port_is_free, release_ports
+from harness.stack import ports
+from harness.stack.ports import allocate_ports, port_is_free, release_ports
 
 DEADLINE_S = 15.0
 
@@ -129,7 +129,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from harness import ports
+    from harness.stack import ports
     ports.PORT_RANGE = (int(sys.argv[1]), int(sys.argv[2]))
     go = Path(sys.argv[3])
     deadline = time.monotonic() + 15

@@ -13,6 +13,7 @@ from harness.profiles import (
     Case,
     ModelProfile,
     Topology,
+    default_launch_dir,
     default_profile_dir,
     find_case,
     load_profiles,
@@ -282,7 +283,7 @@ def test_repo_sim_pre_merge_has_gate_and_control() -> None:
 
 
 def test_repo_cases_reference_existing_launch_scripts(repo_cases: list[Case]) -> None:
-    launch = default_profile_dir().parent / "launch"
+    launch = default_launch_dir()
     missing = sorted({c.effective.script for c in repo_cases if not (launch / c.effective.script).is_file()})
     assert missing == []
 

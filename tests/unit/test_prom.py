@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from harness.checks.prom import CacheDelta, cache_delta, parse_metrics
+from harness.gate.checks.prom import CacheDelta, cache_delta, parse_metrics
 
 MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 

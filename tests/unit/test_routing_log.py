@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.checks.routing_log import RoutingRecord, parse_routing_records, records_for, startup_line
+from harness.gate.checks.routing_log import RoutingRecord, parse_routing_records, records_for, startup_line
 
 HARNESS_LINE = "[ROUTING] request_id=req-1 worker=worker1 overlap_blocks=19 total_blocks=20 policy=kv_mm"
 DYNAMO_LINE = (

@@ -171,12 +171,12 @@ def test_render_markdown_setup_error_and_missing_fields(tmp_path: Path) -> None:
         "case": "mm_agg_qwen3-vl-2b",
         "expect": "pass",
         "outcome": "failed",
-        "error": "Traceback...\nharness.launch.LaunchError: mm_agg_qwen3-vl-2b: stack did not come up: boom",
+        "error": "Traceback...\nharness.stack.launch.LaunchError: mm_agg_qwen3-vl-2b: stack did not come up: boom",
     }
     md = render_markdown(tmp_path, [broken])
     row = table_row(md, "mm_agg_qwen3-vl-2b")
     assert row[1:] == ["pass", "FAIL", "-", "-", "-", "-", "0"]
-    assert "setup error: `harness.launch.LaunchError: mm_agg_qwen3-vl-2b: stack did not come up: boom`" in md
+    assert "setup error: `harness.stack.launch.LaunchError: mm_agg_qwen3-vl-2b: stack did not come up: boom`" in md
 
 
 def test_render_markdown_phase_table(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import ports
-from harness.launch import LaunchError, Stack, launched, start_stack, stop_stack
-from harness.procs import ManagedProcess, spawn, wait_until
+from harness.stack import ports
+from harness.stack.launch import LaunchError, Stack, launched, start_stack, stop_stack
+from harness.stack.processes import ManagedProcess, spawn, wait_until
 from harness.profiles import Case, ModelProfile, Topology, default_launch_dir
 
 DEADLINE_S = 10.0

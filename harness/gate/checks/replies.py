@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.checks import CheckResult
+from harness.gate.checks import CheckResult
 
 
 @dataclass

@@ -29,9 +29,9 @@ from typing import Any
 
 import httpx
 
-from harness.checks import CheckResult
-from harness.checks.prom import metrics_agree, parse_metrics
-from harness.checks.replies import (
+from harness.gate.checks import CheckResult
+from harness.gate.checks.prom import metrics_agree, parse_metrics
+from harness.gate.checks.replies import (
     Reply,
     burst_spreads,
     burst_stays_home,
@@ -41,15 +41,15 @@ from harness.checks.replies import (
     same_worker,
     valid_reply,
 )
-from harness.checks.routing import record_spares_new_image, startup_line_check
-from harness.checks.routing_log import parse_routing_records
-from harness.image_server import ImageServer
-from harness.launch import Stack
+from harness.gate.checks.routing import record_spares_new_image, startup_line_check
+from harness.gate.checks.routing_log import parse_routing_records
+from harness.gate.image_server import ImageServer
+from harness.stack.launch import Stack
 from harness.mm.geometry import resolve_geometry
 from harness.mm.hashing import DEFAULT_BLOCK_SIZE
 from harness.mm.prompt import parse_chat, render_chat
-from harness.payloads import TestImage, chat_body, multi_image, multi_turn, single_image, solid_png
-from harness.procs import tail
+from harness.gate.payloads import TestImage, chat_body, multi_image, multi_turn, single_image, solid_png
+from harness.stack.processes import tail
 
 QUESTION = "What colour is this image? Answer in one word."
 BLOCK = DEFAULT_BLOCK_SIZE

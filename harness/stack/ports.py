@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.procs import pid_alive
+from harness.stack.processes import pid_alive
 
 PORT_RANGE = (20000, 32000)  # below Linux's default ephemeral range (32768-60999)
 RESERVATION_TTL_S = 3600.0

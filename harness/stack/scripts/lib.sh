@@ -164,9 +164,9 @@ wait_all_ready() {
   done
 }
 
-# alloc_ports N: N free loopback ports, reserved race-free (harness.ports) when the harness is importable.
+# alloc_ports N: N free loopback ports, reserved race-free (harness.stack.ports) when the harness is importable.
 alloc_ports() {
-  "$HARNESS_PYTHON" -c 'import sys; from harness.ports import allocate_ports; print(*allocate_ports(int(sys.argv[1])))' "$1" \
+  "$HARNESS_PYTHON" -c 'import sys; from harness.stack.ports import allocate_ports; print(*allocate_ports(int(sys.argv[1])))' "$1" \
     || die "cannot allocate $1 ports (is the harness installed for $HARNESS_PYTHON?)"
 }
 

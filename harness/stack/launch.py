@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.ports import allocate_ports, release_ports
-from harness.procs import ManagedProcess, ProcessExitedError, spawn, tail, wait_until
+from harness.stack.ports import allocate_ports, release_ports
+from harness.stack.processes import ManagedProcess, ProcessExitedError, spawn, tail, wait_until
 from harness.profiles import Case, default_launch_dir
 
 READY_RE = re.compile(r"^HARNESS_READY url=(\S+)$", re.M)

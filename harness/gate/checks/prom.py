@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.checks import CheckResult
+from harness.gate.checks import CheckResult
 
 Samples = dict[str, float]  # metric sample name -> value summed over label sets
 

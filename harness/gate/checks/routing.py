@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.checks import CheckResult
-from harness.checks.replies import Reply
-from harness.checks.routing_log import records_for, startup_line
+from harness.gate.checks import CheckResult
+from harness.gate.checks.replies import Reply
+from harness.gate.checks.routing_log import records_for, startup_line
 
 
 def startup_line_check(router_log: str, model: str, follows_contract: bool) -> CheckResult:

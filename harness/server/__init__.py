@@ -1,0 +1,1 @@
+"""What the simulated worker and the proxy share: OpenAI errors and responses, the app runner, KV events."""
