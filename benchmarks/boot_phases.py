@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.stack.launch import launched
 from harness.profiles import default_profile_dir, find_case, load_profiles
+from harness.stack.launch import launched
 
 
 def boot_once(case, serial: bool, log_dir: Path) -> tuple[float, dict[str, float]]:

@@ -53,10 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.load.closed_loop import LoadResult, closed_loop
 from harness.mm.resolver import ImageResolver
-from harness.stack.ports import allocate_ports, release_ports
-from harness.stack.processes import ManagedProcess, spawn, wait_http_ready
 from harness.proxy.config import ProxyConfig
 from harness.sim.process import WorkerHandle, start_workers, stop_workers, worker_env
+from harness.stack.ports import allocate_ports, release_ports
+from harness.stack.processes import ManagedProcess, spawn, wait_http_ready
 
 MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 WORKER_ARGS = [

@@ -25,9 +25,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.load.closed_loop import LoadResult, closed_loop
+from harness.sim.process import worker_argv, worker_env
 from harness.stack.ports import allocate_ports, release_ports
 from harness.stack.processes import spawn, wait_http_ready
-from harness.sim.process import worker_argv, worker_env
 
 MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 TARGETS = {"text": 2000.0, "image (repeated)": 1000.0, "image (distinct)": 1000.0}

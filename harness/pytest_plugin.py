@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 
 from harness import profiles
-from harness.gate.scenario import GateResult, run_gate
 from harness.gate.image_server import ImageServer
-from harness.stack.launch import Stack, launched
 from harness.gate.payloads import make_lora_adapter
+from harness.gate.scenario import GateResult, run_gate
 from harness.profiles import (
     BACKENDS,
     Case,
@@ -33,6 +32,7 @@ from harness.profiles import (
     load_profiles,
     vram_deselect_reason,
 )
+from harness.stack.launch import Stack, launched
 
 MARKERS = {
     "pre_merge": "fast multimodal routing gates for every pull request",

@@ -44,11 +44,11 @@ from harness.gate.checks.replies import (
 from harness.gate.checks.routing import record_spares_new_image, startup_line_check
 from harness.gate.checks.routing_log import parse_routing_records
 from harness.gate.image_server import ImageServer
-from harness.stack.launch import Stack
+from harness.gate.payloads import TestImage, chat_body, multi_image, multi_turn, single_image, solid_png
 from harness.mm.geometry import resolve_geometry
 from harness.mm.hashing import DEFAULT_BLOCK_SIZE
 from harness.mm.prompt import parse_chat, render_chat
-from harness.gate.payloads import TestImage, chat_body, multi_image, multi_turn, single_image, solid_png
+from harness.stack.launch import Stack
 from harness.stack.processes import tail
 
 QUESTION = "What colour is this image? Answer in one word."

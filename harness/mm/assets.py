@@ -19,14 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import AssetError
+
 SCHEME = "mmfile://"
 _REF_RE = re.compile(r"^([0-9a-f]{64})(\.[A-Za-z0-9]{1,8})?$")
-
-
-class AssetError(ValueError):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-
-class ImageGeometryError(ValueError):
-    """The image cannot be processed by this model family (bad aspect ratio, empty image)."""
+from harness.errors import ImageGeometryError
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

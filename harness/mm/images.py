@@ -21,17 +21,11 @@ import aiohttp
 import blake3
 from PIL import Image
 
+from harness.errors import ImageError
+
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 DEFAULT_FETCH_TIMEOUT_S = 5.0
-
-
-class ImageError(ValueError):
-    """An image part that cannot be used. ``status`` is the HTTP status a server should answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.errors import PromptError
 from harness.mm import tokenizer
 from harness.mm.families import Family
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 UNSUPPORTED_PARTS = frozenset({"image_embeds", "video_url", "input_audio", "audio_url", "file"})
-
-
-class PromptError(ValueError):
-    """A request whose messages cannot be rendered; ``param`` names the offending field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True)

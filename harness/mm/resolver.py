@@ -24,7 +24,6 @@ import blake3
 from harness.mm.assets import SCHEME as ASSET_SCHEME
 from harness.mm.assets import AssetError, AssetStore
 from harness.mm.geometry import ImageGeometry
-from harness.mm.image_tokens import ImageGeometryError
 from harness.mm.images import ImageError, ImagePolicy, image_size, load_image_bytes, mm_hash
 from harness.mm.prompt import ImagePart
 
@@ -93,18 +92,12 @@ class ImageResolver:
         if url.startswith(ASSET_SCHEME):
             if self.assets is None:
                 raise ImageError("mmfile:// references need an asset directory (--asset-dir)", status=400)
-            try:
-                return self.assets.read(url, self.policy.max_bytes)
-            except AssetError as exc:
-                raise ImageError(str(exc), exc.status) from None
+            return self.assets.read(url, self.policy.max_bytes)  # AssetError is an ImageError
         return await load_image_bytes(url, self.policy, self.session)
 
     def _measure(self, data: bytes, content_hash: str) -> ImageFacts:
         width, height, _ = image_size(data, self.policy.max_pixels)
-        try:
-            tokens = self.geometry.num_tokens(width, height)
-        except ImageGeometryError as exc:
-            raise ImageError(str(exc)) from None
+        tokens = self.geometry.num_tokens(width, height)  # ImageGeometryError is an ImageError
         extra = None
         if self.analyze is not None:
             try:

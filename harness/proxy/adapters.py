@@ -20,6 +20,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from harness.errors import AdapterError
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"
@@ -27,17 +29,6 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 _VISION_MARKERS = ("visual.", "vision_tower", "vision_model", "vision_encoder", "image_encoder", "mm_projector")
 _TARGET_RE = re.compile(r"\.([A-Za-z0-9_]+)\.lora_[AB]")
-
-
-class AdapterError(Exception):
-    """An adapter the workers must not be asked to load. ``status`` is the HTTP status to answer."""
-
-    def __init__(self, adapter: str, base: str, reason: str, status: int = 400) -> None:
-        super().__init__(f"LoRA adapter {adapter!r} cannot be served on base model {base!r}: {reason}")
-        self.adapter = adapter
-        self.base = base
-        self.reason = reason
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.mm.hashing import DEFAULT_BLOCK_SIZE
+from harness.mm.options import MMOptions, add_mm_arguments, pop_mm_options
 from harness.proxy.policies import POLICIES
 
 
@@ -31,18 +32,11 @@ class ProxyConfig:
     index_ttl_s: float = 600.0
     kv_events: dict[str, str] = field(default_factory=dict)
     event_prediction_ttl_s: float = 5.0
-    # Geometry (as the workers')
-    mm_family: str | None = None
-    preprocessor_config: str | None = None
-    mm_processor_kwargs: dict = field(default_factory=dict)
-    # Images
-    allowed_media_hosts: tuple[str, ...] = ("loopback",)
-    asset_dir: Path | None = None
+    #: Geometry, image limits and sources: the same flags as the workers', read by the same code.
+    mm: MMOptions = field(default_factory=MMOptions)
     inline_assets: bool = False
     asset_max_age_s: float = 3600.0
     asset_sweep_interval_s: float = 60.0
-    max_image_bytes: int = 20 * 1024 * 1024
-    media_fetch_timeout: float = 5.0
     # LoRA
     adapter_dir: Path | None = None
     adapter_registry: dict[str, dict] = field(default_factory=dict)
@@ -121,12 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--event-prediction-ttl", dest="event_prediction_ttl_s", type=float, default=d.event_prediction_ttl_s
     )
-    m = p.add_argument_group("multimodal")
-    m.add_argument("--mm-family", default=None)
-    m.add_argument("--preprocessor-config", default=None)
-    m.add_argument("--mm-processor-kwargs", default="{}")
-    m.add_argument("--allowed-media-hosts", nargs="+", default=list(d.allowed_media_hosts))
-    m.add_argument("--asset-dir", type=Path, default=None)
+    add_mm_arguments(p)
+    m = p.add_argument_group("assets")
     m.add_argument(
         "--inline-assets",
         action="store_true",
@@ -146,8 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.asset_sweep_interval_s,
         help="seconds between sweeps of the asset directory",
     )
-    m.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)
-    m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)
     lo = p.add_argument_group("LoRA")
     lo.add_argument("--adapter-dir", type=Path, default=None, help="adapters as <dir>/<name>/")
     lo.add_argument("--adapter-registry", default=None, help="JSON file: {name: {path, base_model}}")
@@ -179,8 +167,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
     unknown = set(values["kv_events"]) - set(values["workers"])
     if unknown:
         raise SystemExit(f"--kv-events names workers not in --workers: {', '.join(sorted(unknown))}")
-    values["mm_processor_kwargs"] = _json_object("--mm-processor-kwargs", values["mm_processor_kwargs"])
     registry = values.pop("adapter_registry")
     values["adapter_registry"] = _json_object("--adapter-registry", Path(registry).read_text()) if registry else {}
-    values["allowed_media_hosts"] = tuple(values["allowed_media_hosts"])
-    return ProxyConfig(**values)
+    mm = pop_mm_options(values)
+    return ProxyConfig(**values, mm=mm)

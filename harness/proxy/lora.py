@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from harness.server.openai import ApiError
-from harness.proxy.adapters import AdapterCatalog, AdapterError, AdapterInfo
+from harness.errors import ApiError
+from harness.proxy.adapters import AdapterCatalog, AdapterInfo
 from harness.proxy.metrics import ProxyMetrics
 from harness.proxy.workers import RetryableError, WorkerState
 
@@ -35,14 +35,7 @@ class AdapterManager:
             return None
         if not isinstance(model, str):
             raise ApiError(400, "model must be a string", "model")
-        try:
-            return self.catalog.resolve(model)
-        except AdapterError as exc:
-            if exc.status == 404:
-                raise ApiError(
-                    404, f"The model `{model}` does not exist. ({exc.reason})", "model", "NotFoundError"
-                ) from None
-            raise ApiError(exc.status, str(exc), "model", "AdapterValidationError") from None
+        return self.catalog.resolve(model)  # AdapterError: 404 NotFoundError or 400 AdapterValidationError
 
     async def ensure(self, w: WorkerState, info: AdapterInfo, rid: str) -> None:
         """Load ``info`` on ``w`` unless it is there with the same digest; evict the LRU adapter if full."""

@@ -10,6 +10,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.mm.geometry import GeometryNotFoundError
+from harness.proxy.config import ProxyConfig, parse_args
+from harness.proxy.service import Proxy
+from harness.server.app import configure_logging, run_main, serve_app
 from harness.server.openai import (
     QUIET_PATHS,
     REQUEST_ID_HEADER,
@@ -17,9 +20,6 @@ from harness.server.openai import (
     json_response,
     model_card,
 )
-from harness.proxy.config import ProxyConfig, parse_args
-from harness.proxy.service import Proxy
-from harness.server.app import configure_logging, run_main, serve_app
 
 log = logging.getLogger("harness.proxy")
 

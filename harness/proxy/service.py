@@ -23,21 +23,10 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from harness.server.kv_events import EventSubscriber
 from harness.mm.assets import SCHEME as ASSET_SCHEME
-from harness.mm.assets import AssetStore
 from harness.mm.families import FAMILIES, family_for_model, get_family
-from harness.mm.geometry import resolve_geometry
-from harness.mm.hashing import BlockKeyContext, block_hashes
-from harness.mm.images import ImageError, ImagePolicy
-from harness.mm.prompt import Prompt, Turn, completion_prompt, image_parts, parse_chat, render_chat
-from harness.mm.resolver import ImageResolver
-from harness.server.openai import (
-    REQUEST_ID_HEADER,
-    SERVED_BY_HEADER,
-    ApiError,
-    sse_event,
-)
+from harness.mm.hashing import block_hashes
+from harness.mm.request import render_request
 from harness.proxy.adapters import AdapterCatalog, AdapterInfo
 from harness.proxy.config import ProxyConfig
 from harness.proxy.kv_index import EventIndex, PredictedIndex
@@ -45,6 +34,15 @@ from harness.proxy.lora import AdapterManager
 from harness.proxy.metrics import ProxyMetrics
 from harness.proxy.policies import Candidate, CostWeights, Router
 from harness.proxy.workers import RetryableError, WorkerState
+from harness.server.kv_events import EventSubscriber
+from harness.server.openai import (
+    REQUEST_ID_HEADER,
+    SERVED_BY_HEADER,
+    ApiError,
+    error_body,
+    parse_json_object,
+    sse_event,
+)
 
 log = logging.getLogger("harness.proxy")
 
@@ -78,29 +76,15 @@ class Proxy:
             )
             for i, url in enumerate(cfg.workers)
         ]
-        self.geometry = None
-        if cfg.policy == "kv_mm":
-            self.geometry = resolve_geometry(
-                cfg.model,
-                family=cfg.mm_family,
-                preprocessor_config=cfg.preprocessor_config,
-                overrides=cfg.mm_processor_kwargs,
-            )
+        self.geometry = cfg.mm.geometry(cfg.model) if cfg.policy == "kv_mm" else None
+        if self.geometry is not None:
             self.family = self.geometry.family
         else:
             # kv_text needs only the template: an unknown model still renders text with the Qwen template.
-            self.family = (
-                get_family(cfg.mm_family) if cfg.mm_family else family_for_model(cfg.model) or FAMILIES["qwen3_vl"]
-            )
-        self.assets = AssetStore(cfg.asset_dir) if cfg.asset_dir else None
-        self.policy = ImagePolicy(
-            allowed_hosts=cfg.allowed_media_hosts,
-            max_bytes=cfg.max_image_bytes,
-            fetch_timeout_s=cfg.media_fetch_timeout,
-        )
-        self.images = (
-            ImageResolver(cfg.model, self.geometry, self.policy, assets=self.assets) if self.geometry else None
-        )
+            family = cfg.mm.mm_family
+            self.family = get_family(family) if family else family_for_model(cfg.model) or FAMILIES["qwen3_vl"]
+        self.assets = cfg.mm.asset_store()
+        self.images = cfg.mm.resolver(cfg.model, self.geometry, assets=self.assets) if self.geometry else None
         self.catalog = AdapterCatalog(cfg.adapter_dir, cfg.model, cfg.max_lora_rank, dict(cfg.adapter_registry))
         self.adapters = AdapterManager(self.catalog, cfg.model, cfg.max_loras_per_worker, self.metrics)
         self.session: aiohttp.ClientSession | None = None
@@ -216,29 +200,18 @@ class Proxy:
 
     # -- routing key -----------------------------------------------------------------------------------------
     async def routing_key(self, body: dict[str, Any], chat: bool, adapter: AdapterInfo | None) -> RoutingKey:
-        salt = body.get("cache_salt")
-        ctx = BlockKeyContext(
-            lora_name=adapter.name if adapter else None,
-            lora_path=str(adapter.path) if adapter else None,  # exactly what the worker is told to load
-            cache_salt=salt if isinstance(salt, str) and salt else None,
+        """The block hashes the chosen worker will cache, rendered by the engine's own pipeline
+        (``harness.mm.request``); kv_text has no resolver, so images stay out of its key."""
+        rendered = await render_request(
+            body, chat=chat, family=self.family, resolver=self.images, image_limit=self.cfg.mm.image_limit
         )
-        prompt = await self._prompt(body, chat)
+        ctx = rendered.key_context(
+            adapter.name if adapter else None,
+            str(adapter.path) if adapter else None,  # exactly what the worker is told to load
+        )
+        prompt = rendered.prompt
         hashes = block_hashes(prompt.token_ids, self.cfg.block_size, prompt.mm_items, ctx)
         return RoutingKey(hashes, prompt.num_tokens)
-
-    async def _prompt(self, body: dict[str, Any], chat: bool) -> Prompt:
-        if not chat:
-            return completion_prompt(body.get("prompt"))
-        turns = parse_chat(body.get("messages"))
-        add_gen = bool(body.get("add_generation_prompt", True))
-        if self.images is None:  # kv_text: the images are simply not part of the key
-            text_turns = [Turn(t.role, [p for p in t.parts if isinstance(p, str)]) for t in turns]
-            return render_chat(text_turns, self.family, [], add_generation_prompt=add_gen)
-        try:
-            resolved = [await self.images.resolve(p) for p in image_parts(turns)]
-        except ImageError as exc:
-            raise ApiError(exc.status, str(exc), "messages") from None
-        return render_chat(turns, self.family, [(r.hash, r.tokens) for r in resolved], add_generation_prompt=add_gen)
 
     # -- choosing --------------------------------------------------------------------------------------------
     def candidates(self, exclude: set[int], adapter: AdapterInfo | None) -> list[WorkerState]:
@@ -368,7 +341,7 @@ class Proxy:
             502, f"worker {w.name} ({w.url}) failed mid-stream: {type(exc).__name__}", None, "BadGatewayError"
         )
         with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await out.write(sse_event(error.body()))
+            await out.write(sse_event(error_body(error)))
             await out.write_eof()
         return out
 
@@ -383,7 +356,7 @@ class Proxy:
                 image_url = part.get("image_url") if isinstance(part, dict) else None
                 url = image_url.get("url") if isinstance(image_url, dict) else None
                 if isinstance(url, str) and url.startswith(ASSET_SCHEME):
-                    data = self.assets.read(url, self.policy.max_bytes)
+                    data = self.assets.read(url, self.cfg.mm.max_image_bytes)
                     image_url["url"] = "data:image/*;base64," + base64.b64encode(data).decode()
                     changed = True
         return changed
@@ -392,12 +365,7 @@ class Proxy:
         t0 = time.perf_counter()
         rid = request["rid"]
         data = await request.read()
-        try:
-            body = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, f"Invalid JSON body: {exc}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "Request body must be a JSON object")
+        body = parse_json_object(data)
         adapter = self.adapters.resolve(body.get("model"))
         key = None
         if self.router.uses_kv:

@@ -17,51 +17,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from harness.mm.prompt import PromptError
+from harness.errors import ApiError
 
 REQUEST_ID_HEADER = "X-Request-Id"
 SERVED_BY_HEADER = "X-Served-By"
 
-_ERROR_TYPES = {
-    400: "BadRequestError",
-    401: "AuthenticationError",
-    403: "PermissionDeniedError",
-    404: "NotFoundError",
-    405: "MethodNotAllowedError",
-    408: "RequestTimeoutError",
-    413: "RequestEntityTooLargeError",
-    422: "UnprocessableEntityError",
-    429: "RateLimitError",
-    500: "InternalServerError",
-    502: "BadGatewayError",
-    503: "ServiceUnavailableError",
-    504: "GatewayTimeoutError",
-}
-
-
-class ApiError(Exception):
-    """An error that becomes an OpenAI-style JSON response with ``status``."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, err_type: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.err_type = err_type or _ERROR_TYPES.get(status, "BadRequestError" if status < 500 else "ServerError")
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.err_type,
-                "param": self.param,
-                "code": self.status,
-            }
-        }
-
-
-def error_body(status: int, message: str, param: str | None = None, err_type: str | None = None) -> dict:
-    return ApiError(status, message, param, err_type).body()
+def error_body(exc: ApiError) -> dict[str, Any]:
+    """vLLM's ``ErrorResponse``: ``{"error": {"message", "type", "param", "code"}}``, ``code`` the HTTP status."""
+    return {"error": {"message": exc.message, "type": exc.err_type, "param": exc.param, "code": exc.status}}
 
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -69,11 +32,10 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 
 def error_response(exc: ApiError, headers: Mapping[str, str] | None = None) -> web.Response:
-    return json_response(exc.body(), exc.status, headers)
+    return json_response(error_body(exc), exc.status, headers)
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -81,6 +43,10 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object")
     return body
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    return parse_json_object(await request.read())
 
 
 #: Ids kept as clients send them; anything else (spaces, '=' ...) could forge ``key=value`` log records.
@@ -130,14 +96,12 @@ def model_card(model_id: str, root: str, parent: str | None, created: int, max_m
 
 
 def exception_response(exc: Exception, headers: Mapping[str, str], rid: str, logger: logging.Logger) -> web.Response:
-    """The OpenAI-style answer to an exception a handler raised: 4xx for bad input, 500 (logged) for bugs.
+    """The one place an exception becomes an answer: 4xx for bad input, 500 (logged) for bugs.
 
     Redirects and other non-error ``HTTPException`` are re-raised for aiohttp to send as they are.
     """
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ApiError):  # the whole client-error family: prompts, images, assets, adapters
         return error_response(exc, headers)
-    if isinstance(exc, PromptError):
-        return error_response(ApiError(400, str(exc), exc.param), headers)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc

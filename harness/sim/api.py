@@ -16,7 +16,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.mm import tokenizer
-from harness.mm.hashing import BlockKeyContext
 from harness.server.openai import (
     QUIET_PATHS,
     REQUEST_ID_HEADER,
@@ -25,11 +24,10 @@ from harness.server.openai import (
     ApiError,
     api_middleware,
     json_response,
-    model_card,
     read_json_object,
     sse_event,
 )
-from harness.sim.engine import Request, plan_output
+from harness.sim.engine import Request
 from harness.sim.service import Rendered, SimWorker
 
 log = logging.getLogger("harness.sim.worker")
@@ -82,10 +80,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    w = request.app[WORKER]
-    cards = [model_card(w.cfg.model_name, w.cfg.model, None, w.created, w.max_model_len)]
-    cards += [model_card(a.name, a.path, w.cfg.model_name, w.created, None) for a in w.loras.adapters.values()]
-    return json_response({"object": "list", "data": cards})
+    return json_response({"object": "list", "data": request.app[WORKER].model_cards()})
 
 
 async def version(request: web.Request) -> web.Response:
@@ -113,74 +108,56 @@ def _visible_text(token_ids: Sequence[int]) -> str:
     return tokenizer.decode(t for t in token_ids if t != tokenizer.EOS_TOKEN_ID)
 
 
-async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
-    w = request.app[WORKER]
-    rid: str = request["rid"]
-    body = await read_json_object(request)
-    lora = w.resolve_model(body)
-    if chat:
-        rendered = await w.render_chat_body(body)
-    else:
-        rendered = w.render_completion_body(body)
-    params = w.sampling_params(body, rendered.prompt)
-    salt = body.get("cache_salt")
-    if salt is not None and not isinstance(salt, str):
-        raise ApiError(400, "cache_salt must be a string", "cache_salt")
-    req = Request(
-        request_id=rid,
-        prompt=rendered.prompt,
-        plan=plan_output(rendered.answer, params),
-        key_ctx=BlockKeyContext(
-            lora_name=lora, lora_path=w.loras.adapters[lora].path if lora else None, cache_salt=salt or None
-        ),
-    )
-    model_name = body.get("model") or w.cfg.model_name
-    stream = bool(body.get("stream", False))
-    if body.get("stream_options") is not None and not stream:
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    """``stream_options`` as vLLM validates it: only with ``stream=True``."""
+    opts = body.get("stream_options")
+    if opts is not None and not stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
-    opts = body.get("stream_options") or {}
-    include_usage = bool(opts.get("include_usage", False)) if isinstance(opts, dict) else False
-    w.engine.add_request(req)
-    stats = request["stats"]
-    stats["prompt_tokens"] = req.prompt_len
-    try:
-        if stream:
-            return await _stream(request, w, req, chat, model_name, include_usage)
-        while not req.finished:
-            await req.changed.wait()
-            req.changed.clear()
-    finally:
-        if not req.finished:
-            w.engine.abort(req)
-        stats["cached_tokens"] = max(req.num_cached_tokens, 0)
-        stats["completion_tokens"] = len(req.outputs)
+    return bool(opts.get("include_usage", False)) if isinstance(opts, dict) else False
+
+
+async def _wait_finished(req: Request) -> None:
+    while not req.finished:
+        await req.changed.wait()
+        req.changed.clear()
+
+
+def _completion_payload(w: SimWorker, req: Request, chat: bool, model_name: str) -> dict[str, Any]:
     text = _visible_text(req.outputs)
-    prefix = "chatcmpl-" if chat else "cmpl-"
+    choice: dict[str, Any] = {"index": 0}
     if chat:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "tool_calls": []},
-            "logprobs": None,
-            "finish_reason": req.finish_reason,
-            "stop_reason": req.plan.stop_reason,
-        }
+        choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
     else:
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": None,
-            "finish_reason": req.finish_reason,
-            "stop_reason": req.plan.stop_reason,
-        }
-    payload = {
-        "id": prefix + rid,
+        choice["text"] = text
+    choice.update(logprobs=None, finish_reason=req.finish_reason, stop_reason=req.plan.stop_reason)
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + req.request_id,
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": model_name,
         "choices": [choice],
         "usage": _usage(req, w.cfg.enable_prompt_tokens_details),
     }
-    return json_response(payload, headers=_headers(w, rid))
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    w = request.app[WORKER]
+    body = await read_json_object(request)
+    stream = bool(body.get("stream", False))
+    include_usage = _include_usage(body, stream)
+    req = await w.submit(request["rid"], body, chat)
+    model_name = body.get("model") or w.cfg.model_name
+    stats = request["stats"]
+    stats["prompt_tokens"] = req.prompt_len
+    try:
+        if stream:
+            return await _stream(request, w, req, chat, model_name, include_usage)
+        await _wait_finished(req)
+    finally:
+        w.abort(req)  # no-op once finished; a client gone mid-request frees its blocks
+        stats["cached_tokens"] = max(req.num_cached_tokens, 0)
+        stats["completion_tokens"] = len(req.outputs)
+    return json_response(_completion_payload(w, req, chat, model_name), headers=_headers(w, req.request_id))
 
 
 async def _stream(
@@ -246,18 +223,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, chat=False)
 
 
-async def _render(w: SimWorker, body: dict[str, Any], chat: bool) -> Rendered:
-    if chat or "messages" in body:
-        return await w.render_chat_body(body)
-    return w.render_completion_body(body)
-
-
 async def tokenize(request: web.Request) -> web.Response:
     w = request.app[WORKER]
     body = await read_json_object(request)
     if "messages" not in body and "prompt" not in body:
         raise ApiError(400, "Either 'prompt' or 'messages' is required.", "prompt")
-    rendered = await _render(w, body, chat=False)
+    rendered = await w.render(body, chat="messages" in body)
     ids = rendered.prompt.token_ids
     return json_response({"count": len(ids), "max_model_len": w.max_model_len, "tokens": ids, "token_strs": None})
 
@@ -294,7 +265,7 @@ def _generate_request(w: SimWorker, rid: str, body: dict[str, Any], rendered: Re
         },
         "model": body.get("model") or w.cfg.model_name,
         "stream": bool(body.get("stream", False)),
-        "cache_salt": body.get("cache_salt"),
+        "cache_salt": rendered.request.cache_salt,
         "priority": 0,
         "kv_transfer_params": None,
     }
@@ -304,7 +275,7 @@ async def chat_render(request: web.Request) -> web.Response:
     w = request.app[WORKER]
     body = await read_json_object(request)
     w.resolve_model(body)
-    rendered = await w.render_chat_body(body)
+    rendered = await w.render(body, chat=True)
     return json_response(_generate_request(w, request["rid"], body, rendered))
 
 
@@ -312,16 +283,12 @@ async def completions_render(request: web.Request) -> web.Response:
     w = request.app[WORKER]
     body = await read_json_object(request)
     w.resolve_model(body)
-    rendered = w.render_completion_body(body)
+    rendered = await w.render(body, chat=False)
     return json_response([_generate_request(w, request["rid"], body, rendered)])
 
 
 async def reset_prefix_cache(request: web.Request) -> web.Response:
-    w = request.app[WORKER]
-    success = w.pool.reset()
-    if w.publisher is not None:
-        w.publisher.flush()  # outside an engine step: nothing else would send AllBlocksCleared
-    return json_response({"success": success})
+    return json_response({"success": request.app[WORKER].reset_prefix_cache()})
 
 
 async def load_lora(request: web.Request) -> web.Response:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from harness.mm.hashing import DEFAULT_BLOCK_SIZE
+from harness.mm.options import MMOptions, add_mm_arguments, json_object, pop_mm_options
 
 
 @dataclass
@@ -34,17 +35,8 @@ class WorkerConfig:
     image_token_us: float = 80.0
     decode_seq_us: float = 200.0
     startup_delay: float = 0.0
-    # Multimodal
-    mm_family: str | None = None
-    preprocessor_config: str | None = None
-    mm_processor_kwargs: dict = field(default_factory=dict)
-    limit_mm_per_prompt: dict = field(default_factory=lambda: {"image": 16})
-    allowed_media_hosts: tuple[str, ...] = ("loopback",)
-    allowed_local_media_path: Path | None = None
-    asset_dir: Path | None = None
-    max_image_bytes: int = 20 * 1024 * 1024
-    media_fetch_timeout: float = 5.0
-    kv_events_config: dict = field(default_factory=dict)
+    mm: MMOptions = field(default_factory=MMOptions)
+    kv_events_config: dict[str, Any] = field(default_factory=dict)
     # LoRA
     enable_lora: bool = False
     max_lora_rank: int = 64
@@ -68,19 +60,6 @@ class WorkerConfig:
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.model
-
-
-def _json_dict(flag: str):
-    def parse(text: str) -> dict:
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{flag} must be a JSON object: {exc}") from None
-        if not isinstance(value, dict):
-            raise argparse.ArgumentTypeError(f"{flag} must be a JSON object")
-        return value
-
-    return parse
 
 
 def _lora_module(text: str) -> tuple[str, str]:
@@ -124,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--kv-events-config",
-        type=_json_dict("--kv-events-config"),
+        type=json_object("--kv-events-config"),
         default={},
         help='vLLM\'s format: {"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://..."}',
     )
@@ -136,21 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-token-us", type=float, default=d.image_token_us)
     t.add_argument("--decode-seq-us", type=float, default=d.decode_seq_us)
     t.add_argument("--startup-delay", type=float, default=d.startup_delay, help="seconds of simulated start-up")
-    m = p.add_argument_group("multimodal")
-    m.add_argument("--mm-family", default=None, help="model family, when the model id does not say")
-    m.add_argument("--preprocessor-config", default=None, help="path of a preprocessor_config.json")
-    m.add_argument("--mm-processor-kwargs", type=_json_dict("--mm-processor-kwargs"), default={})
-    m.add_argument("--limit-mm-per-prompt", type=_json_dict("--limit-mm-per-prompt"), default=d.limit_mm_per_prompt)
-    m.add_argument(
-        "--allowed-media-hosts",
-        nargs="+",
-        default=list(d.allowed_media_hosts),
-        help="hosts image URLs may point at; 'loopback' = any loopback address",
-    )
-    m.add_argument("--allowed-local-media-path", type=Path, default=None)
-    m.add_argument("--asset-dir", type=Path, default=None, help="run-scoped asset directory for mmfile:// refs")
-    m.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)
-    m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)
+    add_mm_arguments(p)
     lo = p.add_argument_group("LoRA")
     lo.add_argument("--enable-lora", action="store_true")
     lo.add_argument("--max-loras", type=int, default=4, help="accepted for vLLM parity")
@@ -176,8 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
-    import os
-
     ns = build_parser().parse_args(argv)
     values = vars(ns)
     for ignored in ("enable_prefix_caching", "enforce_eager", "max_cpu_loras", "max_loras"):  # parity only
@@ -185,5 +148,5 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     if values["sim_gpu_index"] is None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
         values["sim_gpu_index"] = int(visible) if visible.isdigit() else 0
-    values["allowed_media_hosts"] = tuple(values["allowed_media_hosts"])
-    return WorkerConfig(**values)
+    mm = pop_mm_options(values)
+    return WorkerConfig(**values, mm=mm)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.server.openai import ApiError
+from harness.errors import ApiError
 
 
 @dataclass(frozen=True)

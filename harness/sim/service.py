@@ -12,33 +12,22 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from harness.errors import ApiError
 from harness.gpu.simulated import SimGpuRegistry
-from harness.server.kv_events import EventPublisher, KVEventsConfig
 from harness.mm import tokenizer
-from harness.mm.assets import AssetStore
-from harness.mm.geometry import ImageGeometry, resolve_geometry
-from harness.mm.images import ImageError, ImagePolicy
-from harness.mm.prompt import (
-    Prompt,
-    Turn,
-    completion_prompt,
-    image_parts,
-    parse_chat,
-    render_chat,
-)
-from harness.mm.resolver import ImageResolver, ResolvedImage
-from harness.server.openai import (
-    ApiError,
-)
+from harness.mm.geometry import ImageGeometry
+from harness.mm.prompt import Prompt
+from harness.mm.request import RenderedRequest, render_request
+from harness.server.kv_events import EventPublisher, KVEventsConfig
+from harness.server.openai import model_card
 from harness.sim import answers
 from harness.sim.config import WorkerConfig
-from harness.sim.engine import Engine, SamplingParams
+from harness.sim.engine import Engine, Request, SamplingParams, plan_output
 from harness.sim.kv_cache import BlockPool
 from harness.sim.lora import LoraRegistry
 from harness.sim.metrics import EngineMetrics
@@ -58,10 +47,14 @@ class StartupError(RuntimeError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rendered:
-    prompt: Prompt
+    request: RenderedRequest
     answer: str
+
+    @property
+    def prompt(self) -> Prompt:
+        return self.request.prompt
 
 
 def kv_cache_plan(cfg: WorkerConfig, spec: ModelSpec) -> tuple[int, int]:
@@ -88,12 +81,7 @@ class SimWorker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.spec = model_spec(cfg.model)
-        self.geometry: ImageGeometry = resolve_geometry(
-            cfg.model,
-            family=cfg.mm_family,
-            preprocessor_config=cfg.preprocessor_config,
-            overrides=cfg.mm_processor_kwargs,
-        )
+        self.geometry: ImageGeometry = cfg.mm.geometry(cfg.model)
         self.num_blocks, self.kv_bytes = kv_cache_plan(cfg, self.spec)
         capacity_tokens = self.num_blocks * cfg.block_size
         self.max_model_len = cfg.max_model_len or min(self.spec.max_model_len, capacity_tokens)
@@ -126,16 +114,8 @@ class SimWorker:
         )
         self.metrics.bind(self.engine)
         self.loras = LoraRegistry(cfg.model, cfg.max_lora_rank)
-        self.policy = ImagePolicy(
-            allowed_hosts=cfg.allowed_media_hosts,
-            allowed_local_path=cfg.allowed_local_media_path,
-            max_bytes=cfg.max_image_bytes,
-            fetch_timeout_s=cfg.media_fetch_timeout,
-        )
-        self.assets = AssetStore(cfg.asset_dir) if cfg.asset_dir else None
-        self.images = ImageResolver(
-            cfg.model, self.geometry, self.policy, assets=self.assets, analyze=answers.dominant_colours
-        )
+        self.assets = cfg.mm.asset_store()
+        self.images = cfg.mm.resolver(cfg.model, self.geometry, assets=self.assets, analyze=answers.dominant_colours)
         self.ready = False
         self.created = int(time.time())
         self.num_requests = 0
@@ -207,31 +187,49 @@ class SimWorker:
             return model
         raise ApiError(404, f"The model `{model}` does not exist.", "model", "NotFoundError")
 
-    async def render_chat_body(self, body: dict[str, Any]) -> Rendered:
-        turns = parse_chat(body.get("messages"))
-        parts = image_parts(turns)
-        limit = int(self.cfg.limit_mm_per_prompt.get("image", 16))
-        if len(parts) > limit:
-            raise ApiError(400, f"At most {limit} image(s) may be provided in one prompt.", "messages")
-        try:
-            resolved: list[ResolvedImage] = [await self.images.resolve(p) for p in parts]
-        except ImageError as exc:
-            raise ApiError(exc.status, str(exc), "messages") from None
-        prompt = render_chat(
-            turns,
-            self.geometry.family,
-            [(im.hash, im.tokens) for im in resolved],
-            add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+    async def render(self, body: dict[str, Any], chat: bool) -> Rendered:
+        """The shared pipeline (``harness.mm.request``), then the deterministic answer for what it rendered."""
+        request = await render_request(
+            body, chat=chat, family=self.geometry.family, resolver=self.images, image_limit=self.cfg.mm.image_limit
         )
-        if resolved:
-            answer = answers.describe_images([im.facts.extra for im in resolved])
+        if request.images:
+            answer = answers.describe_images([im.facts.extra for im in request.images])
+        elif chat:
+            answer = answers.answer_text(request.last_user_text())
         else:
-            answer = answers.answer_text(_last_user_text(turns))
-        return Rendered(prompt, answer)
+            answer = answers.answer_text(tokenizer.decode(request.prompt.token_ids))
+        return Rendered(request, answer)
 
-    def render_completion_body(self, body: dict[str, Any]) -> Rendered:
-        prompt = completion_prompt(body.get("prompt"))
-        return Rendered(prompt, answers.answer_text(tokenizer.decode(prompt.token_ids)))
+    async def submit(self, rid: str, body: dict[str, Any], chat: bool) -> Request:
+        """Validate and render ``body`` and hand it to the engine: the whole request path short of HTTP."""
+        lora = self.resolve_model(body)
+        rendered = await self.render(body, chat)
+        params = self.sampling_params(body, rendered.prompt)
+        req = Request(
+            request_id=rid,
+            prompt=rendered.prompt,
+            plan=plan_output(rendered.answer, params),
+            key_ctx=rendered.request.key_context(lora, self.loras.adapters[lora].path if lora else None),
+        )
+        self.engine.add_request(req)
+        return req
+
+    def abort(self, req: Request) -> None:
+        if not req.finished:
+            self.engine.abort(req)
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the base model and every loaded adapter, as vLLM lists them."""
+        cards = [model_card(self.cfg.model_name, self.cfg.model, None, self.created, self.max_model_len)]
+        for a in self.loras.adapters.values():
+            cards.append(model_card(a.name, a.path, self.cfg.model_name, self.created, None))
+        return cards
+
+    def reset_prefix_cache(self) -> bool:
+        success = self.pool.reset()
+        if self.publisher is not None:
+            self.publisher.flush()  # outside an engine step: nothing else would send AllBlocksCleared
+        return success
 
     def check_length(self, prompt: Prompt, max_tokens: int | None) -> int:
         n, limit = prompt.num_tokens, self.max_model_len
@@ -276,9 +274,3 @@ class SimWorker:
             ignore_eos=bool(body.get("ignore_eos", False)),
         )
 
-
-def _last_user_text(turns: Sequence[Turn]) -> str:
-    for turn in reversed(turns):
-        if turn.role == "user":
-            return " ".join(p for p in turn.parts if isinstance(p, str))
-    return ""

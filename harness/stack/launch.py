@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.profiles import Case, default_launch_dir
 from harness.stack.ports import allocate_ports, release_ports
 from harness.stack.processes import ManagedProcess, ProcessExitedError, spawn, tail, wait_until
-from harness.profiles import Case, default_launch_dir
 
 READY_RE = re.compile(r"^HARNESS_READY url=(\S+)$", re.M)
 PHASE_RE = re.compile(r"^HARNESS_PHASE name=(\S+) seconds=([0-9.]+)$", re.M)

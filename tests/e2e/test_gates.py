@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate.scenario import GateResult, run_gate
 from harness.gate.image_server import ImageServer
-from harness.stack.launch import launched
+from harness.gate.scenario import GateResult, run_gate
 from harness.profiles import default_profile_dir, find_case, load_profiles
+from harness.stack.launch import launched
 
 pytestmark = pytest.mark.e2e
 STARTUP = "MM-aware routing start-up line"

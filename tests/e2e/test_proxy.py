@@ -19,9 +19,9 @@ from safetensors.numpy import save_file
 
 from harness.gate.checks.routing_log import RoutingRecord, records_for
 from harness.mm.assets import AssetStore
+from harness.sim.process import WorkerHandle, worker_env
 from harness.stack.ports import allocate_ports, release_ports
 from harness.stack.processes import ManagedProcess, spawn, wait_http_ready, wait_until
-from harness.sim.process import WorkerHandle, worker_env
 from tests.helpers import MODEL, data_url, image_message, png_bytes
 
 pytestmark = pytest.mark.e2e

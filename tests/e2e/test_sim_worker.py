@@ -458,9 +458,9 @@ def test_geometry_from_local_model_dir(sim_workers, tmp_path: Path) -> None:
 def test_prompt_tokens_details_only_with_the_flag(tmp_path: Path) -> None:
     """Like vLLM: without --enable-prompt-tokens-details the usage block has no cached_tokens (the gate then fails
     with a message naming the flag)."""
+    from harness.sim.process import worker_env
     from harness.stack.ports import allocate_ports, release_ports
     from harness.stack.processes import spawn, wait_http_ready
-    from harness.sim.process import worker_env
 
     (port,) = allocate_ports(1)
     argv = [sys.executable, "-m", "harness.sim.worker", "--model", MODEL, "--port", str(port), *FAST]

@@ -18,8 +18,8 @@ from harness.server.kv_events import (
     encode_batch,
     encode_event,
 )
-from harness.stack.ports import allocate_ports, release_ports
 from harness.sim.kv_cache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from harness.stack.ports import allocate_ports, release_ports
 
 STORED = BlockStored(block_hashes=(11, 12), parent_block_hash=10, token_ids=tuple(range(32)), block_size=16)
 STORED_LORA = BlockStored(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.stack import ports
 from harness.profiles import default_launch_dir
 from harness.report.summary import verdict, write_summary
+from harness.stack import ports
 
 pytest_plugins = ["pytester"]
 

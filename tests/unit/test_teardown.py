@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.profiles import Case, ModelProfile, Topology, default_launch_dir
 from harness.stack import ports
 from harness.stack.launch import LaunchError, Stack, launched, start_stack, stop_stack
 from harness.stack.processes import ManagedProcess, spawn, wait_until
-from harness.profiles import Case, ModelProfile, Topology, default_launch_dir
 
 DEADLINE_S = 10.0
 LIB_SH = default_launch_dir().resolve() / "lib.sh"
