@@ -65,7 +65,7 @@ class SimGpuRegistry:
             return DEFAULT_CAPACITY_BYTES
 
     def processes(self, index: int) -> list[ProcessMemory]:
-        out = []
+        out: list[ProcessMemory] = []
         d = self._dir(index)
         if not d.is_dir():
             return out
