@@ -1,4 +1,4 @@
-"""Profiles: ModelProfile -> Topology -> Case, expanded into pytest parameters.
+"""Profiles: ModelProfile -> Topology -> Case. Pure data: the pytest plugin turns cases into parameters.
 
 A *model profile* says what is served (model id, short name, family, GPUs, marks). A *topology* says how it is
 served (launch script, workers, router and policy, KV cap, VRAM profile, timeout, CI marks) and whether the
@@ -18,13 +18,16 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-import pytest
-
-BACKENDS = ("sim", "vllm")
+Backend = Literal["sim", "vllm"]
+Payload = Literal["image_url", "base64", "multi_image", "multi_turn", "lora"]
+Expect = Literal["pass", "fail"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 ROUTERS = ("proxy", "vllm-router", "sglang-router", "none")
-PAYLOADS = ("image_url", "base64", "multi_image", "multi_turn", "lora")
+PAYLOADS: tuple[str, ...] = get_args(Payload)
+#: vLLM's default KV block size (``--block-size``) on CUDA.
+DEFAULT_BLOCK_SIZE = 16
 CI_MARKS = ("pre_merge", "post_merge", "nightly")
 
 
@@ -42,7 +45,7 @@ class ModelProfile:
 class Topology:
     name: str
     script: str
-    backend: str = "sim"
+    backend: Backend = "sim"
     marks: tuple[str, ...] = ()
     timeout_s: float = 120.0
     profiled_vram_gib: float | None = None
@@ -50,9 +53,11 @@ class Topology:
     workers: int = 1
     router: str = "none"
     policy: str | None = None
+    #: The KV block size every component of the stack is started with (workers and router alike).
+    block_size: int = DEFAULT_BLOCK_SIZE
     env: Mapping[str, str] = field(default_factory=dict)
     #: "pass" for a working stack, "fail" for a degraded control the gate must reject.
-    expect: str = "pass"
+    expect: Expect = "pass"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -63,13 +68,15 @@ class Topology:
             raise ValueError(f"topology {self.name}: expect must be 'pass' or 'fail', got {self.expect!r}")
         if self.workers < 1:
             raise ValueError(f"topology {self.name}: workers must be at least 1, got {self.workers}")
+        if self.block_size < 1:
+            raise ValueError(f"topology {self.name}: block_size must be at least 1, got {self.block_size}")
 
 
 @dataclass(frozen=True)
 class Case:
     model: ModelProfile
     topology: Topology
-    payload: str = "image_url"
+    payload: Payload = "image_url"
     suffix: str = ""
     extra_script_args: tuple[str, ...] = ()
     marks: tuple[str, ...] = ()
@@ -107,29 +114,6 @@ class Case:
         names.extend(self.marks)
         seen: set[str] = set()
         return [n for n in names if not (n in seen or seen.add(n))]
-
-    def pytest_marks(self) -> list[pytest.MarkDecorator]:
-        marks = [getattr(pytest.mark, name) for name in self.mark_names]
-        if self.is_control:
-            # Only the gate's verdict (an assertion) rejects a control: a stack that never came up, or any other
-            # error, must not pass for a rejection (pytest's xfail would otherwise swallow setup errors too).
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True, raises=AssertionError, reason="degraded control: the gate must reject it"
-                )
-            )
-        return marks
-
-
-def pytest_params(cases: Iterable[Case]) -> list[Any]:
-    """``pytest.param`` objects, one per case, with ids and marks; duplicate ids are an error."""
-    params, seen = [], set()
-    for case in cases:
-        if case.id in seen:
-            raise ValueError(f"duplicate case id {case.id}")
-        seen.add(case.id)
-        params.append(pytest.param(case, id=case.id, marks=case.pytest_marks()))
-    return params
 
 
 def vram_deselect_reason(case: Case, max_vram_gib: float | None) -> str | None:

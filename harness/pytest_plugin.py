@@ -14,16 +14,16 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness import profiles
 from harness.gate.image_server import ImageServer
 from harness.gate.payloads import make_lora_adapter
 from harness.gate.scenario import GateResult, run_gate
+from harness.gpu.sampler import watch_case_vram
 from harness.profiles import (
     BACKENDS,
     Case,
@@ -33,6 +33,7 @@ from harness.profiles import (
     vram_deselect_reason,
 )
 from harness.stack.launch import Stack, launched
+from harness.stack.spec import DEFAULT_ADAPTER
 
 MARKERS = {
     "pre_merge": "fast multimodal routing gates for every pull request",
@@ -48,6 +49,29 @@ MARKERS = {
 CASE_KEY = pytest.StashKey[Case]()
 RECORD_KEY = pytest.StashKey[dict[str, Any]]()
 SIGTERM_KEY = pytest.StashKey[Any]()
+
+
+def case_marks(case: Case) -> list[pytest.MarkDecorator]:
+    """The case's marks in the documented order, then, for a control, a strict xfail."""
+    marks = [getattr(pytest.mark, name) for name in case.mark_names]
+    if case.is_control:
+        # Only the gate's verdict (an assertion) rejects a control: a stack that never came up, or any other
+        # error, must not pass for a rejection (pytest's xfail would otherwise swallow setup errors too).
+        marks.append(
+            pytest.mark.xfail(strict=True, raises=AssertionError, reason="degraded control: the gate must reject it")
+        )
+    return marks
+
+
+def case_params(cases: Iterable[Case]) -> list[Any]:
+    """``pytest.param`` objects, one per case, with ids and marks; duplicate ids are an error."""
+    params, seen = [], set()
+    for case in cases:
+        if case.id in seen:
+            raise ValueError(f"duplicate case id {case.id}")
+        seen.add(case.id)
+        params.append(pytest.param(case, id=case.id, marks=case_marks(case)))
+    return params
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -90,7 +114,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         directory = metafunc.config.getoption("--harness-profile-dir") or default_profile_dir()
         try:
             cases = load_profiles(directory, backend=metafunc.config.getoption("--backend"))
-            params = profiles.pytest_params(cases)
+            params = case_params(cases)
         except (ValueError, ImportError, SyntaxError, OSError) as exc:
             raise pytest.UsageError(f"harness profiles in {directory}: {exc}") from None
         metafunc.parametrize("harness_case", params)
@@ -163,7 +187,7 @@ def harness_stack(
     if harness_case.payload == "lora":
         adapters = Path(os.environ.get("HARNESS_LORA_DIR") or tmp_path / "adapters")
         if not os.environ.get("HARNESS_LORA_DIR"):
-            make_lora_adapter(adapters, "harness-lora", harness_case.model.model)
+            make_lora_adapter(adapters, DEFAULT_ADAPTER, harness_case.model.model)
         extra_env["HARNESS_ADAPTER_DIR"] = str(adapters)
     launch_dir = request.config.getoption("--harness-launch-dir") or default_launch_dir()
     record = _record(request.node)
@@ -175,7 +199,13 @@ def harness_stack(
         marks=harness_case.mark_names,
     )
     t0 = time.monotonic()
-    with launched(harness_case, harness_log_dir, extra_env=extra_env, launch_dir=launch_dir) as stack:
+    t = harness_case.effective
+    with (
+        watch_case_vram(t.backend, t.profiled_vram_gib, record) as vram,  # sets record["vram"]: the measured peak
+        launched(harness_case, harness_log_dir, extra_env=extra_env, launch_dir=launch_dir) as stack,
+    ):
+        if vram is not None:
+            vram.attach(stack.proc.pid)  # the stack leads its own session: its workers are attributed to it
         record["phases"] = {"boot_total": round(time.monotonic() - t0, 3), **stack.phases}
         record["logs"] = str(harness_log_dir)
         yield stack
@@ -184,11 +214,8 @@ def harness_stack(
 
 @pytest.fixture
 def harness_gate(request: pytest.FixtureRequest, harness_stack: Stack, harness_image_server: ImageServer) -> GateResult:
-    adapter = None
-    if harness_stack.case.payload == "lora":
-        adapter = os.environ.get("HARNESS_LORA_NAME", "harness-lora")
     t0 = time.monotonic()
-    result = run_gate(harness_stack, harness_image_server, adapter=adapter)
+    result = run_gate(harness_stack, harness_image_server)
     record = _record(request.node)
     record["phases"]["checks"] = round(time.monotonic() - t0, 3)
     record["gate"] = result.to_json()

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from harness.contract import parse_lora_cold_loads, parse_routing_records
 from harness.gate.checks import CheckResult
 from harness.gate.checks.prom import metrics_agree, parse_metrics
 from harness.gate.checks.replies import (
@@ -42,17 +43,14 @@ from harness.gate.checks.replies import (
     valid_reply,
 )
 from harness.gate.checks.routing import record_spares_new_image, startup_line_check
-from harness.gate.checks.routing_log import parse_routing_records
 from harness.gate.image_server import ImageServer
 from harness.gate.payloads import TestImage, chat_body, multi_image, multi_turn, single_image, solid_png
 from harness.mm.geometry import resolve_geometry
-from harness.mm.hashing import DEFAULT_BLOCK_SIZE
 from harness.mm.prompt import parse_chat, render_chat
 from harness.stack.launch import Stack
 from harness.stack.processes import tail
 
 QUESTION = "What colour is this image? Answer in one word."
-BLOCK = DEFAULT_BLOCK_SIZE
 BURST = 6
 
 
@@ -122,13 +120,14 @@ class GateResult:
 class Gate:
     def __init__(self, stack: Stack, images: ImageServer, client: httpx.Client, *, adapter: str | None = None) -> None:
         self.stack = stack
-        self.case = stack.case
-        self.model = self.case.model.model
+        self.spec = stack.spec
+        self.model = self.spec.model
+        self.block = self.spec.block_size
         self.images = images
         self.adapter = adapter
         self.client = client
         self.workers = len(stack.worker_urls)
-        self.result = GateResult(self.case.id)
+        self.result = GateResult(self.spec.case_id)
         self._generated: dict[str, TestImage] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------------------
@@ -136,20 +135,20 @@ class Gate:
         key = colour if isinstance(colour, str) else "rgb-" + "-".join(map(str, colour))
         if key not in self._generated:
             data = solid_png(colour)
-            name = f"{self.case.id}-{key}-{uuid.uuid4().hex[:8]}.png"
+            name = f"{self.spec.case_id}-{key}-{uuid.uuid4().hex[:8]}.png"
             self._generated[key] = TestImage(name, key, data, self.images.add(name, data))
         return self._generated[key]
 
     def messages(self, imgs: Sequence[TestImage], inline: bool) -> list[dict[str, Any]]:
         refs = [im.ref(inline) for im in imgs]
-        if self.case.payload == "multi_image":
+        if self.spec.payload == "multi_image":
             return multi_image(refs, "What colours are these images?")
-        if self.case.payload == "multi_turn":
+        if self.spec.payload == "multi_turn":
             return multi_turn(refs[0], QUESTION, "It is a colour.", "Are you sure? Name the colour again.")
         return single_image(refs[0], QUESTION)
 
     def send(self, tag: str, messages: list[dict[str, Any]]) -> Reply:
-        rid = f"{self.case.id}-{tag}-{uuid.uuid4().hex[:8]}"
+        rid = f"{self.spec.case_id}-{tag}-{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
         try:
             r = self.client.post(
@@ -212,7 +211,7 @@ class Gate:
                 return [(int(p["offset"]), int(p["length"])) for p in placeholders]
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             pass
-        geometry = resolve_geometry(self.model, family=self.case.model.family)
+        geometry = resolve_geometry(self.model, family=self.spec.family)
         counts = [(f"img{i}", geometry.num_tokens(*im.size)) for i, im in enumerate(imgs)]
         prompt = render_chat(parse_chat(messages), geometry.family, counts)
         return [(it.offset, it.length) for it in prompt.mm_items]
@@ -220,15 +219,15 @@ class Gate:
     # -- the scenario -----------------------------------------------------------------------------------------
     def run(self) -> GateResult:
         before = self.scrape()
-        colours = ("green", "blue") if self.case.payload == "multi_image" else ("green",)
+        colours = ("green", "blue") if self.spec.payload == "multi_image" else ("green",)
         base = [self.image(c) for c in colours]
-        inline = self.case.payload == "base64"
+        inline = self.spec.payload == "base64"
 
         first = self.send("first", self.messages(base, inline))
         if not (self.add(valid_reply(first)) and self.add(names_colours(first, colours))):
             return self.result
         last_offset, last_len = self.image_ranges(first.messages, base)[-1]
-        through_image = (last_offset + last_len) // BLOCK * BLOCK
+        through_image = (last_offset + last_len) // self.block * self.block
 
         repeat = self.send("repeat", self.messages(base, inline))
         self.add(valid_reply(repeat))
@@ -247,13 +246,13 @@ class Gate:
             cached_at_most(
                 "different image: no cached image blocks",
                 negative,
-                last_offset // BLOCK * BLOCK,
+                last_offset // self.block * self.block,
                 "the block holding the new image's first token must miss",
             )
         )
-        self.add(record_spares_new_image(self.router_text(), negative, last_offset, BLOCK))
+        self.add(record_spares_new_image(self.router_text(), negative, last_offset, self.block))
 
-        if self.case.effective.router != "none" and self.workers > 1:
+        if self.spec.has_router and self.workers > 1:
             repeats = self.burst("burst-repeat", [self.messages(base, inline)] * BURST)
             self.add(burst_stays_home(repeats, first.served_by, through_image, self.workers))
             fresh = [
@@ -272,7 +271,7 @@ class Gate:
             else:
                 self.add(burst_spreads(spread, self.workers))
         follows = bool(parse_routing_records(self.router_text()))
-        if self.case.effective.router != "none":
+        if self.spec.has_router:
             self.add(startup_line_check(self.router_text(), self.model, follows))
         if self.adapter:
             self.add(self.adapter_loaded(first))
@@ -285,8 +284,7 @@ class Gate:
         return self.result
 
     def adapter_loaded(self, first: Reply) -> CheckResult:
-        text = self.router_text()
-        loaded = f"adapter={self.adapter} " in text and "[LORA] cold load" in text
+        loaded = any(c.adapter == self.adapter for c in parse_lora_cold_loads(self.router_text()))
         return CheckResult(
             "adapter loaded on demand",
             loaded,
@@ -297,6 +295,6 @@ class Gate:
         )
 
 
-def run_gate(stack: Stack, images: ImageServer, adapter: str | None = None) -> GateResult:
-    with httpx.Client(timeout=stack.case.effective.timeout_s) as client:
-        return Gate(stack, images, client, adapter=adapter).run()
+def run_gate(stack: Stack, images: ImageServer) -> GateResult:
+    with httpx.Client(timeout=stack.spec.timeout_s) as client:
+        return Gate(stack, images, client, adapter=stack.spec.adapter).run()

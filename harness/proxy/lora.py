@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from harness.contract import format_lora_cold_load
 from harness.errors import ApiError
 from harness.proxy.adapters import AdapterCatalog, AdapterInfo
 from harness.proxy.metrics import ProxyMetrics
@@ -71,15 +72,10 @@ class AdapterManager:
             self.metrics.lora_cold.labels("validate").observe(info.validate_ms / 1e3)
             self.metrics.lora_cold.labels("load").observe(load_ms / 1e3)
             log.info(
-                "[LORA] cold load request_id=%s adapter=%s identity=%s worker=%s resolve_ms=%.2f "
-                "validate_ms=%.2f load_ms=%.2f",
-                rid,
-                info.name,
-                info.identity,
-                w.name,
-                info.resolve_ms,
-                info.validate_ms,
-                load_ms,
+                "%s",
+                format_lora_cold_load(
+                    rid, info.name, info.identity, w.name, info.resolve_ms, info.validate_ms, load_ms
+                ),
             )
 
     async def _unload(self, w: WorkerState, name: str) -> None:

@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from harness.contract import format_mm_startup, format_routing
 from harness.mm.assets import SCHEME as ASSET_SCHEME
 from harness.mm.families import FAMILIES, family_for_model, get_family
 from harness.mm.hashing import block_hashes
@@ -100,7 +101,7 @@ class Proxy:
         if self.images is not None:
             self.images.session = self.session
         if self.cfg.policy == "kv_mm":
-            log.info("MM-aware KV routing enabled model=%s block_size=%d", self.cfg.model, self.cfg.block_size)
+            log.info("%s", format_mm_startup(self.cfg.model, self.cfg.block_size))
         elif self.cfg.policy == "kv_text":
             log.info(
                 "Text-only KV routing: images are not in the routing key model=%s block_size=%d",
@@ -239,14 +240,7 @@ class Proxy:
 
     def record(self, rid: str, w: WorkerState, overlap: int, key: RoutingKey | None) -> None:
         total = len(key.hashes) if key else 0
-        log.info(
-            "[ROUTING] request_id=%s worker=%s overlap_blocks=%d total_blocks=%d policy=%s",
-            rid,
-            w.name,
-            overlap,
-            total,
-            self.cfg.policy,
-        )
+        log.info("%s", format_routing(rid, w.name, overlap, total, self.cfg.policy))
         self.metrics.child(self.metrics.decisions, w.name, self.cfg.policy).inc()
         if key is not None:
             self.metrics.child(self.metrics.overlap_ratio, self.cfg.policy).observe(overlap / total if total else 0.0)

@@ -8,7 +8,6 @@ line; a script that exits first fails at once with its last log lines, never aft
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -16,14 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import contract as c
+from harness.contract import parse_failed, parse_phases, parse_ready
 from harness.profiles import Case, default_launch_dir
 from harness.stack.ports import allocate_ports, release_ports
 from harness.stack.processes import ManagedProcess, ProcessExitedError, spawn, tail, wait_until
-
-READY_RE = re.compile(r"^HARNESS_READY url=(\S+)$", re.M)
-PHASE_RE = re.compile(r"^HARNESS_PHASE name=(\S+) seconds=([0-9.]+)$", re.M)
-FAILED_RE = re.compile(r"^HARNESS_FAILED (.*)$", re.M)
-GIB = 1024**3
+from harness.stack.spec import StackSpec, resolve_spec
 
 
 class LaunchError(RuntimeError):
@@ -35,6 +32,7 @@ class Stack:
     """A running stack of one case."""
 
     case: Case
+    spec: StackSpec
     url: str
     proc: ManagedProcess
     log_dir: Path
@@ -63,34 +61,35 @@ class Stack:
         return out
 
 
-def case_env(case: Case, ports: list[int], log_dir: Path, prefix: str, extra: Mapping[str, str]) -> dict[str, str]:
-    t = case.effective
+def case_env(spec: StackSpec, ports: list[int], log_dir: Path, prefix: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """The launch contract's environment (names in ``harness.contract``) for ``spec`` on ``ports``."""
     front, router_metrics, *workers = ports
-    kv = t.requested_kv_cache_bytes or 4 * GIB
     env = {
         **os.environ,
-        "HARNESS_MODEL": case.model.model,
-        "HARNESS_BACKEND": t.backend,
-        "HARNESS_NUM_WORKERS": str(t.workers),
-        "HARNESS_HTTP_PORT": str(front),
-        "HARNESS_ROUTER_METRICS_PORT": str(router_metrics),
-        "HARNESS_WORKER_PORTS": " ".join(map(str, workers)),
-        "HARNESS_KV_CACHE_BYTES": str(kv),
-        "HARNESS_LOG_DIR": str(log_dir),
-        "HARNESS_LOG_PREFIX": prefix,
-        "HARNESS_ROUTER": t.router,
-        "HARNESS_ROUTER_POLICY": t.policy or "",
-        "HARNESS_PYTHON": sys.executable,
-        "HARNESS_MAX_MODEL_LEN": str(case.model.max_model_len),
-        "HARNESS_READY_TIMEOUT": str(int(t.timeout_s)),
-        "HARNESS_EXTRA_WORKER_ARGS": " ".join(case.extra_script_args),
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1" if t.backend == "sim" else "0"),
+        c.ENV_MODEL: spec.model,
+        c.ENV_BACKEND: spec.backend,
+        c.ENV_NUM_WORKERS: str(spec.workers),
+        c.ENV_HTTP_PORT: str(front),
+        c.ENV_ROUTER_METRICS_PORT: str(router_metrics),
+        c.ENV_WORKER_PORTS: " ".join(map(str, workers)),
+        c.ENV_KV_CACHE_BYTES: str(spec.kv_cache_bytes),
+        c.ENV_BLOCK_SIZE: str(spec.block_size),
+        c.ENV_LOG_DIR: str(log_dir),
+        c.ENV_LOG_PREFIX: prefix,
+        c.ENV_ROUTER: spec.router,
+        c.ENV_ROUTER_POLICY: spec.policy or "",
+        c.ENV_PYTHON: sys.executable,
+        c.ENV_MAX_MODEL_LEN: str(spec.max_model_len),
+        c.ENV_READY_TIMEOUT: str(int(spec.timeout_s)),
+        c.ENV_EXTRA_WORKER_ARGS: " ".join(spec.extra_worker_args),
+        c.ENV_LIB_SH: str(default_launch_dir() / "lib.sh"),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1" if spec.backend == "sim" else "0"),
         "PYTHONUNBUFFERED": "1",
     }
-    if case.model.family:
-        env["HARNESS_MM_FAMILY"] = case.model.family
+    if spec.family:
+        env[c.ENV_MM_FAMILY] = spec.family
     env.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
-    env.update(t.env)
+    env.update(spec.env)
     env.update(extra)
     return env
 
@@ -103,33 +102,33 @@ def start_stack(
     launch_dir: Path | None = None,
     timeout_s: float | None = None,
 ) -> Stack:
-    t = case.effective
-    script = (launch_dir or default_launch_dir()) / t.script
+    spec = resolve_spec(case, os.environ)
+    script = (launch_dir or default_launch_dir()) / spec.script
     if not script.is_file():
         raise LaunchError(f"{case.id}: launch script {script} does not exist")
-    ports = allocate_ports(2 + t.workers)
+    ports = allocate_ports(2 + spec.workers)
     prefix = f"{case.id}."
-    env = case_env(case, ports, log_dir, prefix, extra_env or {})
+    env = case_env(spec, ports, log_dir, prefix, extra_env or {})
     proc = spawn(f"{case.id}/launch", ["bash", str(script)], log_dir / f"{prefix}launch.log", env=env)
-    stack = Stack(case, "", proc, log_dir, prefix, [f"http://127.0.0.1:{p}" for p in ports[2:]], ports, env=env)
-    deadline = timeout_s if timeout_s is not None else t.timeout_s
+    workers = [f"http://127.0.0.1:{p}" for p in ports[2:]]
+    stack = Stack(case, spec, "", proc, log_dir, prefix, workers, ports, env=env)
+    deadline = timeout_s if timeout_s is not None else spec.timeout_s
     try:
 
         def ready() -> bool:
-            text = proc.log_path.read_text(errors="replace")
-            m = READY_RE.search(text)
-            if m:
-                stack.url = m.group(1)
-            return m is not None
+            url = parse_ready(proc.log_path.read_text(errors="replace"))
+            if url:
+                stack.url = url
+            return url is not None
 
         wait_until(ready, deadline, interval_s=0.05, procs=[proc], what=f"{case.id} to print HARNESS_READY")
     except (ProcessExitedError, TimeoutError) as exc:
         text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
-        failed = FAILED_RE.search(text)
+        failed = parse_failed(text)
         stop_stack(stack)
-        reason = failed.group(1) if failed else str(exc).splitlines()[0]
+        reason = failed or str(exc).splitlines()[0]
         raise LaunchError(f"{case.id}: stack did not come up: {reason}\n{_tails(stack)}") from None
-    stack.phases = {name: float(sec) for name, sec in PHASE_RE.findall(proc.log_path.read_text())}
+    stack.phases = parse_phases(proc.log_path.read_text())
     return stack
 
 

@@ -17,7 +17,7 @@ import openai
 import pytest
 from safetensors.numpy import save_file
 
-from harness.gate.checks.routing_log import RoutingRecord, records_for
+from harness.contract import RoutingRecord, records_for
 from harness.mm.assets import AssetStore
 from harness.sim.process import WorkerHandle, worker_env
 from harness.stack.ports import allocate_ports, release_ports

@@ -17,9 +17,9 @@ from harness.profiles import (
     default_profile_dir,
     find_case,
     load_profiles,
-    pytest_params,
     vram_deselect_reason,
 )
+from harness.pytest_plugin import case_marks, case_params
 
 MODEL = ModelProfile("org/Some-VL-2B", "some-vl-2b", family="qwen3_vl", marks=("model_mark",))
 BIG_MODEL = ModelProfile("org/Big-VL-7B", "big-vl-7b", gpus=2, marks=("big",))
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning
 
 
 def mark_list(case: Case) -> list[tuple[str, dict[str, Any]]]:
-    return [(m.mark.name, dict(m.mark.kwargs)) for m in case.pytest_marks()]
+    return [(m.mark.name, dict(m.mark.kwargs)) for m in case_marks(case)]
 
 
 # --- ids -------------------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def test_duplicate_marks_keep_first_position() -> None:
 
 def test_pytest_params_carry_id_value_and_marks() -> None:
     gate, control = Case(MODEL, GATE), Case(MODEL, CONTROL)
-    params = pytest_params([gate, control])
+    params = case_params([gate, control])
     assert [p.id for p in params] == [gate.id, control.id]
     assert [p.values for p in params] == [(gate,), (control,)]
     assert [m.name for m in params[0].marks] == ["sim", "pre_merge", "model_mark"]
@@ -118,11 +118,11 @@ def test_pytest_params_carry_id_value_and_marks() -> None:
 
 def test_pytest_params_rejects_duplicate_ids() -> None:
     with pytest.raises(ValueError, match="duplicate case id mm_agg_router_some-vl-2b"):
-        pytest_params([Case(MODEL, GATE), Case(MODEL, GATE, payload="base64")])
+        case_params([Case(MODEL, GATE), Case(MODEL, GATE, payload="base64")])
 
 
 def test_pytest_params_accepts_same_topology_with_distinct_suffixes() -> None:
-    params = pytest_params([Case(MODEL, GATE), Case(MODEL, GATE, payload="base64", suffix="b64")])
+    params = case_params([Case(MODEL, GATE), Case(MODEL, GATE, payload="base64", suffix="b64")])
     assert len(params) == 2
 
 
@@ -258,7 +258,7 @@ def test_repo_ids_unique_per_backend(repo_cases: list[Case], backend: str) -> No
     assert cases, f"no {backend} cases"
     dupes = [i for i, n in Counter(c.id for c in cases).items() if n > 1]
     assert dupes == []
-    assert len(pytest_params(cases)) == len(cases)
+    assert len(case_params(cases)) == len(cases)
 
 
 def test_repo_backend_filter_partitions(repo_cases: list[Case]) -> None:
@@ -278,7 +278,7 @@ def test_repo_sim_pre_merge_has_gate_and_control() -> None:
     assert gates, "no passing pre_merge router case"
     for c in controls:
         assert c.effective.expect == "fail"
-        xfail = c.pytest_marks()[-1].mark
+        xfail = case_marks(c)[-1].mark
         assert xfail.name == "xfail" and xfail.kwargs["strict"] is True
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from harness.contract import parse_mm_startup, records_for
 from harness.gate.checks import CheckResult
 from harness.gate.checks.replies import Reply
-from harness.gate.checks.routing_log import records_for, startup_line
 
 
 def startup_line_check(router_log: str, model: str, follows_contract: bool) -> CheckResult:
@@ -17,7 +17,7 @@ def startup_line_check(router_log: str, model: str, follows_contract: bool) -> C
             "no [ROUTING] records: judged by behaviour only",
             "config",
         )
-    line = startup_line(router_log)
+    line = parse_mm_startup(router_log)
     return CheckResult(
         name,
         line is not None,

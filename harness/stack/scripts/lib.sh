@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shared helpers for launch scripts. Source it; do not run it.
 #
-# Contract (the project's design notes; README "Launch scripts"): scripts read only environment variables and print one line
+# Contract (harness/contract.py names every variable and line; README "Launch scripts"): scripts read only
+# environment variables and print one line
 #   HARNESS_READY url=<front door>
 # once the stack serves, then stay in the foreground until a component dies (exit non-zero, naming it) or
 # they are signalled. Phase timings are printed as `HARNESS_PHASE name=<phase> seconds=<s>`.
@@ -9,7 +10,7 @@
 # Inputs: HARNESS_MODEL HARNESS_BACKEND(sim|vllm) HARNESS_NUM_WORKERS HARNESS_HTTP_PORT HARNESS_WORKER_PORTS
 #   HARNESS_KV_CACHE_BYTES HARNESS_LOG_DIR HARNESS_ROUTER(proxy|vllm-router|sglang-router|none)
 #   HARNESS_ROUTER_POLICY SINGLE_GPU CUDA_VISIBLE_DEVICES HARNESS_EXTRA_WORKER_ARGS
-# Optional: HARNESS_PYTHON HARNESS_MAX_MODEL_LEN HARNESS_LOG_PREFIX HARNESS_READY_TIMEOUT HARNESS_SERIAL_BOOT
+# Optional: HARNESS_PYTHON HARNESS_MAX_MODEL_LEN HARNESS_BLOCK_SIZE HARNESS_LOG_PREFIX HARNESS_READY_TIMEOUT HARNESS_SERIAL_BOOT
 #   HARNESS_ROUTER_METRICS_PORT HARNESS_ADAPTER_DIR HARNESS_ENABLE_LORA HARNESS_ASSET_DIR HARNESS_MM_FAMILY
 #   HARNESS_EXTRA_ROUTER_ARGS HARNESS_SIM_SPEEDUP
 
@@ -21,6 +22,7 @@ HARNESS_LOG_DIR=${HARNESS_LOG_DIR:-$(mktemp -d)}
 HARNESS_LOG_PREFIX=${HARNESS_LOG_PREFIX:-}
 HARNESS_READY_TIMEOUT=${HARNESS_READY_TIMEOUT:-120}
 HARNESS_MAX_MODEL_LEN=${HARNESS_MAX_MODEL_LEN:-8192}
+HARNESS_BLOCK_SIZE=${HARNESS_BLOCK_SIZE:-16}
 HARNESS_ROUTER=${HARNESS_ROUTER:-none}
 HARNESS_ROUTER_POLICY=${HARNESS_ROUTER_POLICY:-}
 HARNESS_EXTRA_WORKER_ARGS=${HARNESS_EXTRA_WORKER_ARGS:-}
@@ -121,13 +123,15 @@ start_worker() {
       [ -n "${HARNESS_MM_FAMILY:-}" ] && sim+=(--mm-family "$HARNESS_MM_FAMILY")
       spawn "worker$i" env PYTHONHASHSEED=0 "$HARNESS_PYTHON" -m harness.sim.worker --model "$HARNESS_MODEL" \
         --host 127.0.0.1 --port "$port" --worker-name "worker$i" --kv-cache-memory-bytes "$HARNESS_KV_CACHE_BYTES" \
-        --max-model-len "$HARNESS_MAX_MODEL_LEN" "${sim[@]}" "${lora[@]}" "${extra[@]}"
+        --max-model-len "$HARNESS_MAX_MODEL_LEN" --block-size "$HARNESS_BLOCK_SIZE" "${sim[@]}" "${lora[@]}" \
+        "${extra[@]}"
       ;;
     vllm)
       spawn "worker$i" env PYTHONHASHSEED=0 CUDA_VISIBLE_DEVICES="$gpu" VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 \
         VLLM_SERVER_DEV_MODE=1 vllm serve "$HARNESS_MODEL" --host 127.0.0.1 --port "$port" \
         --served-model-name "$HARNESS_MODEL" --kv-cache-memory-bytes "$HARNESS_KV_CACHE_BYTES" \
-        --max-model-len "$HARNESS_MAX_MODEL_LEN" --enable-prefix-caching --enable-prompt-tokens-details \
+        --max-model-len "$HARNESS_MAX_MODEL_LEN" --block-size "$HARNESS_BLOCK_SIZE" --enable-prefix-caching \
+        --enable-prompt-tokens-details \
         --enforce-eager --limit-mm-per-prompt '{"image":4}' "${lora[@]}" "${extra[@]}"
       ;;
     *) die "unknown HARNESS_BACKEND=$HARNESS_BACKEND (sim|vllm)" ;;
@@ -217,7 +221,8 @@ start_router() {
       [ -n "${HARNESS_MM_FAMILY:-}" ] && opts+=(--mm-family "$HARNESS_MM_FAMILY")
       [ "$HARNESS_BACKEND" = vllm ] && [ -n "${HARNESS_ASSET_DIR:-}" ] && opts+=(--inline-assets)
       spawn router "$HARNESS_PYTHON" -m harness.proxy --model "$HARNESS_MODEL" --port "$port" \
-        --policy "${HARNESS_ROUTER_POLICY:-kv_mm}" --workers "${WORKER_URLS[@]}" "${opts[@]}" "${extra[@]}"
+        --policy "${HARNESS_ROUTER_POLICY:-kv_mm}" --block-size "$HARNESS_BLOCK_SIZE" --workers "${WORKER_URLS[@]}" \
+        "${opts[@]}" "${extra[@]}"
       ;;
     vllm-router)
       local bin=${HARNESS_VLLM_ROUTER:-$(dirname "$HARNESS_PYTHON")/vllm-router}

@@ -1,8 +1,25 @@
-"""Routing records: the harness contract and Dynamo's format, parsed as numbers, filtered by exact request id."""
+"""The contract's lines, each formatter against its parser: routing records (the harness's and Dynamo's), parsed as
+numbers and filtered by exact request id; the start-up line; the launch lines; LoRA cold loads."""
 
 from __future__ import annotations
 
-from harness.gate.checks.routing_log import RoutingRecord, parse_routing_records, records_for, startup_line
+from harness.contract import (
+    RoutingRecord,
+    StartupLine,
+    format_failed,
+    format_lora_cold_load,
+    format_mm_startup,
+    format_phase,
+    format_ready,
+    format_routing,
+    parse_failed,
+    parse_lora_cold_loads,
+    parse_mm_startup,
+    parse_phases,
+    parse_ready,
+    parse_routing_records,
+    records_for,
+)
 
 HARNESS_LINE = "[ROUTING] request_id=req-1 worker=worker1 overlap_blocks=19 total_blocks=20 policy=kv_mm"
 DYNAMO_LINE = (
@@ -106,18 +123,59 @@ def test_records_for_exact_request_id_not_prefix() -> None:
 
 def test_startup_line_with_block_size() -> None:
     text = "INFO boot\nMM-aware KV routing enabled model=Qwen/Qwen3-VL-2B-Instruct block_size=16\nmore"
-    info = startup_line(text)
-    assert info == {"model": "Qwen/Qwen3-VL-2B-Instruct", "block_size": "16"}
-    assert info is not None and int(info["block_size"] or 0) == 16
+    info = parse_mm_startup(text)
+    assert info == StartupLine("Qwen/Qwen3-VL-2B-Instruct", 16)
+    assert info is not None and info.block_size == 16
 
 
 def test_startup_line_without_block_size() -> None:
-    assert startup_line("MM-aware KV routing enabled model=llava-hf/llava-1.5-7b-hf") == {
-        "model": "llava-hf/llava-1.5-7b-hf",
-        "block_size": None,
-    }
+    assert parse_mm_startup("MM-aware KV routing enabled model=llava-hf/llava-1.5-7b-hf") == StartupLine(
+        "llava-hf/llava-1.5-7b-hf", None
+    )
 
 
 def test_startup_line_absent() -> None:
-    assert startup_line(f"{HARNESS_LINE}\nKV routing enabled model=x block_size=16") is None
-    assert startup_line("") is None
+    assert parse_mm_startup(f"{HARNESS_LINE}\nKV routing enabled model=x block_size=16") is None
+    assert parse_mm_startup("") is None
+
+
+# --- each formatter against its parser ----------------------------------------------------------------------------
+
+
+def test_routing_record_round_trip() -> None:
+    line = format_routing("req-9", "sim-8001", 3, 12, "kv_mm")
+    assert line == HARNESS_LINE.replace("req-1", "req-9").replace("worker1", "sim-8001").replace("19", "3").replace(
+        "20", "12"
+    )
+    assert parse_routing_records(f"2026-01-01 00:00:00,000 INFO [proxy] {line}") == [
+        RoutingRecord("req-9", "sim-8001", 3, 12, "kv_mm", "harness")
+    ]
+
+
+def test_routing_record_must_end_the_line() -> None:
+    """Text after the record (a client-controlled string logged on the same line) voids it."""
+    assert parse_routing_records(HARNESS_LINE + " path=/x") == []
+
+
+def test_startup_round_trip() -> None:
+    assert parse_mm_startup(format_mm_startup("Qwen/Qwen2.5-VL-3B-Instruct", 32)) == StartupLine(
+        "Qwen/Qwen2.5-VL-3B-Instruct", 32
+    )
+
+
+def test_launch_lines_round_trip() -> None:
+    text = "\n".join(
+        ["noise", format_phase("workers", 1.23456), format_phase("router", 0.5), format_ready("http://127.0.0.1:9")]
+    )
+    assert parse_ready(text) == "http://127.0.0.1:9"
+    assert parse_phases(text) == {"workers": 1.235, "router": 0.5}
+    assert parse_failed(text) is None
+    assert parse_ready("HARNESS_READY url=") is None
+    assert parse_failed(format_failed("worker1 exited\nwith code 1")) == "worker1 exited with code 1"
+
+
+def test_lora_cold_load_round_trip() -> None:
+    line = format_lora_cold_load("r1", "my-lora", "my-lora@abc123", "sim-1", 0.1, 0.2, 3.5)
+    (rec,) = parse_lora_cold_loads(f"INFO [proxy] {line}\nother")
+    assert (rec.request_id, rec.adapter, rec.identity, rec.worker) == ("r1", "my-lora", "my-lora@abc123", "sim-1")
+    assert parse_lora_cold_loads("[LORA] evicted adapter=my-lora worker=sim-1 status=200") == []
