@@ -24,11 +24,43 @@ Backend = Literal["sim", "vllm"]
 Payload = Literal["image_url", "base64", "multi_image", "multi_turn", "lora"]
 Expect = Literal["pass", "fail"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
+#: Routers the built-in launch scripts start; any other name needs declared ``capabilities``.
 ROUTERS = ("proxy", "vllm-router", "sglang-router", "none")
 PAYLOADS: tuple[str, ...] = get_args(Payload)
 #: vLLM's default KV block size (``--block-size``) on CUDA.
 DEFAULT_BLOCK_SIZE = 16
 CI_MARKS = ("pre_merge", "post_merge", "nightly")
+
+RecordFormat = Literal["harness", "dynamo"]
+#: How the gate learns which worker served a request (see ``harness.gate.attribution``).
+AttributionSource = Literal["header", "nvext", "metrics", "logs"]
+
+
+@dataclass(frozen=True)
+class RouterCapabilities:
+    """What a stack's router (and engine) let the gate observe. Declared, never guessed from the stack's output:
+    a check that needs a capability the router declares but does not deliver fails as insufficient evidence,
+    and one the router does not declare is not applicable (with that reason)."""
+
+    #: The format of the router's per-decision ``[ROUTING]`` records, None when it keeps none.
+    records: RecordFormat | None = None
+    #: Whether it logs ``MM-aware KV routing enabled model=... block_size=...`` at start-up.
+    startup_line: bool = False
+    #: Where worker attribution comes from, in order of preference.
+    attribution: tuple[AttributionSource, ...] = ("header", "metrics")
+    #: The response header naming the serving worker, for ``header`` attribution.
+    served_by_header: str = "X-Served-By"
+    #: Whether the engine's ``cached_tokens`` reflect image content (a mocker that ignores pixels does not).
+    engine_sees_images: bool = True
+
+
+#: Capabilities of the routers the built-in launch scripts start.
+BUILTIN_CAPABILITIES: Mapping[str, RouterCapabilities] = {
+    "proxy": RouterCapabilities(records="harness", startup_line=True),
+    "vllm-router": RouterCapabilities(),
+    "sglang-router": RouterCapabilities(),
+    "none": RouterCapabilities(),
+}
 
 
 @dataclass(frozen=True)
@@ -58,18 +90,29 @@ class Topology:
     env: Mapping[str, str] = field(default_factory=dict)
     #: "pass" for a working stack, "fail" for a degraded control the gate must reject.
     expect: Expect = "pass"
+    #: What the router lets the gate observe; None takes the built-in router's (an unknown router must declare).
+    capabilities: RouterCapabilities | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"topology {self.name}: backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.router not in ROUTERS:
-            raise ValueError(f"topology {self.name}: router must be one of {ROUTERS}, got {self.router!r}")
+        if not self.router:
+            raise ValueError(f"topology {self.name}: router must be a name, got {self.router!r}")
+        if self.capabilities is None and self.router not in BUILTIN_CAPABILITIES:
+            raise ValueError(
+                f"topology {self.name}: router {self.router!r} is not one of the built-in routers {ROUTERS}; "
+                "declare what it lets the gate observe with capabilities=RouterCapabilities(...)"
+            )
         if self.expect not in ("pass", "fail"):
             raise ValueError(f"topology {self.name}: expect must be 'pass' or 'fail', got {self.expect!r}")
         if self.workers < 1:
             raise ValueError(f"topology {self.name}: workers must be at least 1, got {self.workers}")
         if self.block_size < 1:
             raise ValueError(f"topology {self.name}: block_size must be at least 1, got {self.block_size}")
+
+    @property
+    def router_capabilities(self) -> RouterCapabilities:
+        return self.capabilities or BUILTIN_CAPABILITIES[self.router]
 
 
 @dataclass(frozen=True)

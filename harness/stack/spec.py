@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from harness.profiles import Backend, Case, Payload
+from harness.profiles import Backend, Case, Payload, RouterCapabilities
 
 GIB = 1024**3
 #: Per-worker KV cache when a topology names none (the simulated engine's memory only).
@@ -37,6 +37,7 @@ class StackSpec:
     max_model_len: int
     timeout_s: float
     is_control: bool
+    capabilities: RouterCapabilities
     extra_worker_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -71,6 +72,7 @@ def resolve_spec(case: Case, environ: Mapping[str, str] | None = None) -> StackS
         max_model_len=case.model.max_model_len,
         timeout_s=t.timeout_s,
         is_control=case.is_control,
+        capabilities=t.router_capabilities,
         extra_worker_args=case.extra_script_args,
         env=dict(t.env),
     )

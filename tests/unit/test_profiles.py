@@ -400,3 +400,13 @@ def test_find_case_missing_without_similar() -> None:
         find_case([Case(MODEL, GATE)], "mm_x_unrelated")
     message = exc.value.args[0]
     assert "'mm_x_unrelated'" in message and "similar" not in message
+
+
+def test_any_router_name_with_declared_capabilities() -> None:
+    from harness.profiles import RouterCapabilities
+
+    caps = RouterCapabilities(records="dynamo", attribution=("nvext",), engine_sees_images=False)
+    t = Topology("dyn", "dynamo.sh", workers=2, router="dynamo-kv", capabilities=caps)
+    assert t.router_capabilities is caps
+    assert Topology("p", "agg_router.sh", router="proxy").router_capabilities.records == "harness"
+    assert Topology("v", "agg_router.sh", router="vllm-router").router_capabilities.records is None
