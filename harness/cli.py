@@ -19,8 +19,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.profiles import PACKAGE_DIR, default_profile_dir, find_case, load_profiles
+
+if TYPE_CHECKING:
+    from harness.gpu.devices import GpuSpec
+    from harness.gpu.scheduler import Policy
 
 GATES = Path(__file__).resolve().parent / "gates"
 
@@ -45,13 +50,13 @@ def new_run_dir(root: Path) -> Path:
     return run_dir
 
 
-def gates_pytest(backend: str, *args: str) -> list[str]:
-    """The pytest command line that runs the packaged gate suite for ``backend``."""
+def gates_pytest(backend: str, *args: str, target: str | None = None) -> list[str]:
+    """The pytest command line that runs the packaged gate suite for ``backend`` (or one node id of it)."""
     return [
         sys.executable,
         "-m",
         "pytest",
-        str(GATES),
+        target or str(GATES),
         "-p",
         "no:cacheprovider",
         "--backend",
@@ -80,18 +85,32 @@ def _call_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     from harness.report.summary import write_summary
 
+    packed = args.gpus or args.pack or args.shard
+    if packed:
+        from harness.gpu.runner import check_packing_args
+
+        try:
+            spec, shard_of = check_packing_args(args.backend, args.gpus, args.shard)
+            policy = _packing_policy(args, "harness run")
+        except ValueError as exc:
+            msg = str(exc)
+            print(msg if msg.startswith("harness run") else f"harness run: {msg}", file=sys.stderr)
+            return 2
     run_dir = new_run_dir(Path(args.reports_dir) if args.reports_dir else reports_root())
-    cmd = gates_pytest(
-        args.backend,
-        f"--junitxml={run_dir / 'junit.xml'}",
-        f"--harness-report-dir={run_dir}",
-        "-o",
-        f"junit_suite_name=mmharness-{args.backend}",
-        *extra,
-    )
-    print(f"harness run -> {run_dir}\n$ {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    rc = _call_forwarding_signals(cmd, env)
+    if packed:
+        rc = _run_packed(args, extra, run_dir, spec, shard_of, policy)
+    else:
+        cmd = gates_pytest(
+            args.backend,
+            f"--junitxml={run_dir / 'junit.xml'}",
+            f"--harness-report-dir={run_dir}",
+            "-o",
+            f"junit_suite_name=mmharness-{args.backend}",
+            *extra,
+        )
+        print(f"harness run -> {run_dir}\n$ {' '.join(cmd)}", flush=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        rc = _call_forwarding_signals(cmd, env)
     t = write_summary(run_dir, title=f"mmharness {args.backend} gates")
     summary = (run_dir / "summary.md").read_text()
     print(summary)
@@ -105,7 +124,61 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     return rc if rc else (0 if t.green else 1)
 
 
+def _packing_policy(args: argparse.Namespace, prog: str) -> Policy:
+    from harness.gpu.plan import policy_from
+
+    return policy_from(args.backend, args.cpus, args.stagger, args.share_margin, prog)
+
+
+def _run_packed(
+    args: argparse.Namespace,
+    extra: list[str],
+    run_dir: Path,
+    spec: GpuSpec | None,
+    shard_of: tuple[int, int] | None,
+    policy: Policy,
+) -> int:
+    """Each selected case in its own pytest process, packed onto the node's (or simulated) GPUs."""
+    from harness.gpu.runner import GATE_NODE, main_run, strip_xdist
+
+    def case_cmd(case_id: str, junit: Path) -> list[str]:
+        own = (f"--junitxml={junit}", f"--harness-report-dir={run_dir}", "-q", *strip_xdist(extra))
+        return gates_pytest(args.backend, *own, target=str(GATES / GATE_NODE.format(case_id)))
+
+    print(f"harness run (packed) -> {run_dir}", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a cancelled job still ends every case's group
+    return main_run(
+        backend=args.backend,
+        spec=spec,
+        shard_of=shard_of,
+        policy=policy,
+        pytest_cmd=gates_pytest(args.backend, *extra),
+        pytest_args=extra,
+        case_cmd=case_cmd,
+        run_dir=run_dir,
+        reports_root=run_dir.parent,
+        log=lambda line: print(line, flush=True),
+    )
+
+
 def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.gpus or args.shard:
+        from harness.gpu.plan import PlanError, main_plan
+
+        try:
+            return main_plan(
+                backend=args.backend,
+                gpus=args.gpus,
+                shard_text=args.shard,
+                policy=_packing_policy(args, "harness plan"),
+                pytest_cmd=gates_pytest(args.backend, *extra),
+                pytest_args=extra,
+                reports_root=reports_root(),
+            )
+        except (ValueError, PlanError) as exc:
+            msg = str(exc)
+            print(msg if msg.startswith("harness plan") else f"harness plan: {msg}", file=sys.stderr)
+            return 2
     cmd = gates_pytest(args.backend, "--harness-dry-run", "-q", *extra)
     rc = subprocess.call(cmd)
     return 0 if rc in (0, 5) else rc
@@ -190,6 +263,12 @@ def cmd_assets(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _add_packing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpus", type=float, default=None, help="CPU budget for concurrent cases (default: cgroup quota)")
+    p.add_argument("--stagger", type=float, default=None, help="seconds between starts on one GPU (default 10)")
+    p.add_argument("--share-margin", type=float, default=None, help="fraction of a shared GPU kept free (0.15)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness",
@@ -201,9 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gate suite and write a report (extra args go to pytest)")
     run.add_argument("--backend", choices=("sim", "vllm"), default="sim")
     run.add_argument("--reports-dir", default=None)
+    run.add_argument("--gpus", default=None, help="pack the cases onto COUNTxGIB simulated GPUs, e.g. 2x80")
+    run.add_argument("--pack", action="store_true", help="pack the cases onto this node's GPUs (NVML)")
+    run.add_argument("--shard", default=None, help="run only shard i of n (by estimated duration), packed")
+    _add_packing_args(run)
     run.set_defaults(func=cmd_run)
     plan = sub.add_parser("plan", help="print the cases a run would execute (extra args go to pytest)")
     plan.add_argument("--backend", choices=("sim", "vllm"), default="sim")
+    plan.add_argument("--gpus", default=None, help="print the packed schedule on a node of COUNTxGIB GPUs, e.g. 8x80")
+    plan.add_argument("--shard", default=None, help="only shard i of n (by estimated duration), e.g. 1/4")
+    _add_packing_args(plan)
     plan.set_defaults(func=cmd_plan)
     stack = sub.add_parser("stack", help="boot a stack for local poking")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)

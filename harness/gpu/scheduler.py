@@ -163,9 +163,8 @@ def fit_reason(d: Demand, gpu: GpuState, policy: Policy) -> str | None:
     need = budget_gib(d, gpu.capacity_gib)
     limit = gpu.capacity_gib - (margin if shared else 0.0)
     if gpu.reserved_gib + need > limit + EPS:
-        return (
-            f"gpu{gpu.index}: budget {gpu.reserved_gib:g} + {need:g} GiB > {limit:g} GiB"
-            + (f" ({policy.share_margin:.0%} kept free on a shared card)" if shared else "")
+        return f"gpu{gpu.index}: budget {gpu.reserved_gib:g} + {need:g} GiB > {limit:g} GiB" + (
+            f" ({policy.share_margin:.0%} kept free on a shared card)" if shared else ""
         )
     if gpu.free_gib is not None and gpu.free_gib + EPS < need + (margin if shared else 0.0):
         return f"gpu{gpu.index}: measured free {gpu.free_gib:.1f} GiB < {need + (margin if shared else 0.0):.1f} GiB"
