@@ -29,7 +29,8 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/boot_phases.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check harness tests benchmarks profiles
+	$(VENV)/bin/ruff check harness tests benchmarks
+	$(VENV)/bin/mypy harness
 
 clean:
 	rm -rf $(VENV) build *.egg-info
