@@ -27,6 +27,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/sim_worker_rps.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/proxy_overhead.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/boot_phases.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/packing.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check harness tests benchmarks

@@ -263,6 +263,31 @@ def cmd_assets(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_vram(args: argparse.Namespace, extra: list[str]) -> int:
+    from harness.gpu.devices import GpuUnavailable
+    from harness.gpu.profiler import main_vram
+
+    if args.max_trials < 1 or args.tolerance_mib <= 0:
+        print("harness vram: --max-trials must be >= 1 and --tolerance-mib > 0", file=sys.stderr)
+        return 2
+    try:
+        case = find_case(load_profiles(default_profile_dir(), backend=args.backend), args.case_id)
+        prof, text = main_vram(
+            case,
+            log_dir=Path(args.log_dir) if args.log_dir else None,
+            max_trials=args.max_trials,
+            tolerance_mib=args.tolerance_mib,
+        )
+    except KeyError as exc:
+        print(f"harness vram: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except GpuUnavailable as exc:
+        print(f"harness vram: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0 if prof.recommendation else 1
+
+
 def _add_packing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", type=float, default=None, help="CPU budget for concurrent cases (default: cgroup quota)")
     p.add_argument("--stagger", type=float, default=None, help="seconds between starts on one GPU (default 10)")
@@ -291,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--shard", default=None, help="only shard i of n (by estimated duration), e.g. 1/4")
     _add_packing_args(plan)
     plan.set_defaults(func=cmd_plan)
+    vram = sub.add_parser("vram", help="measure a case's VRAM, bisect its KV cap, print the profile to paste")
+    vram.add_argument("case_id", help="e.g. mm_agg_qwen3-vl-2b")
+    vram.add_argument("--backend", choices=("sim", "vllm"), default="sim")
+    vram.add_argument("--max-trials", type=int, default=8, help="bisection runs, the first at the case's own cap")
+    vram.add_argument("--tolerance-mib", type=float, default=64.0, help="stop bisecting within this many MiB")
+    vram.add_argument("--log-dir", default=None)
+    vram.set_defaults(func=cmd_vram)
     stack = sub.add_parser("stack", help="boot a stack for local poking")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
     up = stack_sub.add_parser("up", help="boot one case's stack and wait")

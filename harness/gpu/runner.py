@@ -372,9 +372,13 @@ def main_run(
         else:
             from harness.gpu.nvml import NvmlGpus
 
-            data = run_packed(
-                sel.cases, sel.demands, run_dir=run_dir, source=NvmlGpus(), case_cmd=case_cmd, policy=policy, log=log
-            )
+            nvml = NvmlGpus()
+            try:
+                data = run_packed(
+                    sel.cases, sel.demands, run_dir=run_dir, source=nvml, case_cmd=case_cmd, policy=policy, log=log
+                )
+            finally:
+                nvml.close()
     except KeyboardInterrupt:
         log("harness run: interrupted; every case's process group was ended")
         return 130

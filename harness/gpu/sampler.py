@@ -120,9 +120,6 @@ class BackgroundSampler:
             self._thread.join(timeout=5.0)
         if self.error is None:
             self.sample_once()  # a last reading, so a short case still has two
-        close = getattr(self.source, "close", None)
-        if callable(close):
-            close()
 
     def wait_for(self, count: int, timeout_s: float) -> bool:
         """Block until ``count`` samples were taken (or the deadline / an error); True when they were."""
@@ -295,4 +292,12 @@ def watch_case_vram(
         yield monitor
     finally:
         monitor.stop()
+        close_source(source)
         record["vram"] = monitor.result().to_json()
+
+
+def close_source(source: GpuSource) -> None:
+    """Shut a source down if it holds anything (NVML does; simulated GPUs do not)."""
+    close = getattr(source, "close", None)
+    if callable(close):
+        close()

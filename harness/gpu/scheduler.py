@@ -9,7 +9,7 @@ the unit tests can pin them:
   ``profiled_vram_gib`` of what runs there) and the *measured* free memory allow it; when the card is shared,
   ``share_margin`` of it stays free (Dynamo keeps 15%). A case with no VRAM profile is unknown, so it gets a
   GPU to itself.
-- **order** (``order``): longest first (LPT), durations from earlier runs' reports, else an estimate.
+- **order** (``order``): longest first in GPU time (LPT), durations from earlier runs' reports, else an estimate.
 - **fillers**: cases that need no GPU (``gpus == 0``) only take CPU, so they run whenever the CPU budget allows.
 - **gangs**: a case needing k GPUs starts on k GPUs at once or not at all.
 - **starvation** (``Hold``): the first case blocked for memory gets the GPUs that will fit it soonest; later
@@ -180,8 +180,11 @@ def stagger_wait(gpu: GpuState, now_s: float, policy: Policy) -> float:
 
 
 def order(pending: Iterable[Demand]) -> list[Demand]:
-    """Longest first; ties: more GPUs, more VRAM, then id (deterministic)."""
-    return sorted(pending, key=lambda d: (-d.duration_s, -d.gpus, -(d.vram_gib or math.inf), d.case_id))
+    """Longest first, in GPU time (a gang of k GPUs counts k times: placed late, it would wait for k cards at
+    once and stretch the tail); ties: more VRAM, then id (deterministic)."""
+    return sorted(
+        pending, key=lambda d: (-d.duration_s * max(1, d.gpus), -d.gpus, -(d.vram_gib or math.inf), d.case_id)
+    )
 
 
 def earliest_fit_s(d: Demand, gpu: GpuState, now_s: float, policy: Policy) -> float:

@@ -117,8 +117,10 @@ def render_markdown(run_dir: Path, records: list[dict[str, Any]], title: str = "
 
 
 def write_summary(run_dir: Path, title: str = "mmharness run") -> RunTotals:
+    from harness.report.gpu import gpu_section
+
     records = load_cases(run_dir)
-    (run_dir / "summary.md").write_text(render_markdown(run_dir, records, title))
+    (run_dir / "summary.md").write_text(render_markdown(run_dir, records, title) + gpu_section(run_dir, records))
     t = totals(records)
     (run_dir / "run.json").write_text(
         json.dumps(
