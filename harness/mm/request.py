@@ -7,6 +7,7 @@ accepts and the other rejects, or renders differently, shows up as routing on ke
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from harness.errors import ApiError, PromptError
 from harness.mm.families import Family
 from harness.mm.hashing import BlockKeyContext
-from harness.mm.prompt import Prompt, Turn, completion_prompt, image_parts, parse_chat, render_chat
+from harness.mm.prompt import ImagePart, Prompt, Turn, completion_prompt, image_parts, parse_chat, render_chat
 from harness.mm.resolver import ImageResolver, ResolvedImage
 
 
@@ -56,6 +57,16 @@ def check_image_limit(turns: Sequence[Turn], limit: int) -> None:
         raise PromptError(f"At most {limit} image(s) may be provided in one prompt.", "messages")
 
 
+async def resolve_images(resolver: ImageResolver, parts: Sequence[ImagePart]) -> tuple[ResolvedImage, ...]:
+    """All images of one request at once (a slow URL does not queue the others); a failure is reported for
+    the first failing part in prompt order, whichever failed first in time."""
+    results = await asyncio.gather(*(resolver.resolve(p) for p in parts), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return tuple(r for r in results if not isinstance(r, BaseException))
+
+
 async def render_request(
     body: dict[str, Any],
     *,
@@ -78,6 +89,6 @@ async def render_request(
     if resolver is None:
         text_turns = [Turn(t.role, [p for p in t.parts if isinstance(p, str)]) for t in turns]
         return RenderedRequest(render_chat(text_turns, family, [], add_generation_prompt=add_gen), turns, (), salt)
-    images = tuple([await resolver.resolve(p) for p in image_parts(turns)])
+    images = await resolve_images(resolver, image_parts(turns))
     prompt = render_chat(turns, family, [(im.hash, im.tokens) for im in images], add_generation_prompt=add_gen)
     return RenderedRequest(prompt, turns, images, salt)

@@ -46,6 +46,16 @@ class AdapterInfo:
     def identity(self) -> str:
         return f"{self.name}@{self.digest[:12]}"
 
+    @property
+    def served_name(self) -> str:
+        """The name workers load this adapter under: it carries the content digest, because vLLM keys cached
+        blocks by ``lora_name`` only (``vllm/v1/core/kv_cache_utils.py``, ``_gen_lora_extra_hash_keys``), so an
+        adapter replaced under the same user-facing name must reach the workers under a new name or it would
+        hit the old adapter's blocks. vLLM puts no constraint on ``lora_name`` beyond a non-empty string
+        (``vllm/entrypoints/openai/models/serving.py``); ``@`` and hex keep it clear of the ``,`` that
+        ``vllm:lora_requests_info`` joins names with."""
+        return self.identity
+
 
 @dataclass
 class AdapterCatalog:
@@ -155,7 +165,7 @@ class AdapterCatalog:
         digest = hashlib.sha256()
         for part in (config, weights):
             with open(part, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                while chunk := fh.read(1 << 20):
                     digest.update(chunk)
         return AdapterInfo(
             name=name, path=path, digest=digest.hexdigest(), base_model=own_base, rank=rank, target_modules=targets

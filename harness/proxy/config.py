@@ -43,12 +43,19 @@ class ProxyConfig:
     max_lora_rank: int = 64
     max_loras_per_worker: int = 4
     lora_spill_running: int = 32
+    adapter_load_timeout_s: float = 60.0
     # Workers and faults
     health_interval_s: float = 1.0
     health_timeout_s: float = 2.0
     connect_timeout_s: float = 2.0
     request_timeout_s: float = 600.0
     max_attempts: int = 3
+    #: Consecutive failed health checks before a worker is down (its index and adapter map wiped).
+    health_failures: int = 3
+    #: Consecutive failed requests (5xx, timeouts) that take a worker out of rotation; one connection failure
+    #: does at once. A passing health check after the cool-down lets it back in.
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 5.0
     seed: int | None = None
     log_level: str = "info"
     disable_log_requests: bool = False
@@ -147,12 +154,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.lora_spill_running,
         help="route an adapter to a worker without it once all holders run this many requests",
     )
+    lo.add_argument(
+        "--adapter-load-timeout",
+        dest="adapter_load_timeout_s",
+        type=float,
+        default=d.adapter_load_timeout_s,
+        help="seconds a worker may take to load an adapter (the worker's adapter lock is held meanwhile)",
+    )
     f = p.add_argument_group("workers and faults")
     f.add_argument("--health-interval", dest="health_interval_s", type=float, default=d.health_interval_s)
     f.add_argument("--health-timeout", dest="health_timeout_s", type=float, default=d.health_timeout_s)
     f.add_argument("--connect-timeout", dest="connect_timeout_s", type=float, default=d.connect_timeout_s)
     f.add_argument("--request-timeout", dest="request_timeout_s", type=float, default=d.request_timeout_s)
-    f.add_argument("--max-attempts", type=int, default=d.max_attempts)
+    f.add_argument(
+        "--max-attempts", type=int, default=d.max_attempts, help="workers a request may be tried on before it fails"
+    )
+    f.add_argument(
+        "--health-failures",
+        type=int,
+        default=d.health_failures,
+        help="consecutive failed health checks before a worker is down and its predicted state dropped",
+    )
+    f.add_argument(
+        "--breaker-failures",
+        type=int,
+        default=d.breaker_failures,
+        help="consecutive failed requests (5xx, timeouts) that take a worker out of rotation",
+    )
+    f.add_argument(
+        "--breaker-cooldown",
+        dest="breaker_cooldown_s",
+        type=float,
+        default=d.breaker_cooldown_s,
+        help="least seconds out of rotation; the first passing health check after it lets the worker back in",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--disable-log-requests", action="store_true")

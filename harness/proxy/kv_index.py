@@ -2,9 +2,11 @@
 
 ``PredictedIndex`` learns only from the proxy's own decisions: routing a request to a worker predicts that the
 worker will cache the request's blocks, for at most ``ttl_s`` and ``capacity`` blocks (LRU), since the worker
-evicts on its own schedule. ``EventIndex`` is exact: it mirrors the worker's BlockStored / BlockRemoved /
-AllBlocksCleared events. A worker with events uses both, so blocks of requests still in flight (not yet
-announced by events) count too.
+evicts on its own schedule. A decision first *reserves* its blocks (so concurrent requests with the same prefix
+see each other while in flight) and *settles* them when the worker answered: committed into the LRU on success,
+dropped on a rejection, so requests the worker refuses (400 over-length) never evict real entries.
+``EventIndex`` is exact: it mirrors the worker's BlockStored / BlockRemoved / AllBlocksCleared events. A worker
+with events uses both, so blocks of requests still in flight (not yet announced by events) count too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class PredictedIndex:
         self.ttl_s = ttl_s
         self.clock = clock
         self._expiry: OrderedDict[int, float] = OrderedDict()
+        #: Blocks of requests in flight, with how many requests hold each; never evicted, never expire.
+        self._pending: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -41,16 +45,39 @@ class PredictedIndex:
     def match(self, hashes: Sequence[int]) -> int:
         """Number of leading ``hashes`` present and unexpired."""
         now = self.clock()
-        entries = self._expiry
+        entries, pending = self._expiry, self._pending
         n = 0
         for h in hashes:
             expiry = entries.get(h)
-            if expiry is None or expiry < now:
+            if (expiry is None or expiry < now) and h not in pending:
                 break
             n += 1
         return n
 
+    def reserve(self, hashes: Sequence[int]) -> None:
+        """Count ``hashes`` as (about to be) cached while their request is in flight."""
+        pending = self._pending
+        for h in hashes:
+            pending[h] = pending.get(h, 0) + 1
+
+    def settle(self, hashes: Sequence[int], *, commit: bool) -> None:
+        """End a reservation: ``commit`` (the worker took the request) inserts the blocks, else they go."""
+        pending = self._pending
+        for h in hashes:
+            left = pending.get(h, 0) - 1
+            if left > 0:
+                pending[h] = left
+            else:
+                pending.pop(h, None)
+        if commit:
+            self.insert(hashes)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def clear(self) -> None:
+        """Forget what the worker cached (it restarted); reservations of requests in flight stay theirs."""
         self._expiry.clear()
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.mm.geometry import GeometryNotFoundError
 from harness.proxy.config import ProxyConfig, parse_args
-from harness.proxy.service import Proxy
+from harness.proxy.service import ClientGone, Inbound, Proxy
 from harness.server.app import configure_logging, run_main, serve_app
 from harness.server.openai import (
     QUIET_PATHS,
@@ -44,18 +44,63 @@ def _finished(proxy: Proxy, request: web.Request, status: int, seconds: float) -
         )
 
 
+class ResponseSink:
+    """The service's ``Sink`` over an aiohttp ``StreamResponse``: a client that hung up is ``ClientGone``."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    async def open(self, status: int, headers: Mapping[str, str]) -> None:
+        self.response = web.StreamResponse(status=status, headers=headers)
+        try:
+            await self.response.prepare(self.request)
+        except ConnectionResetError:
+            raise ClientGone from None
+
+    async def send(self, chunk: bytes) -> None:
+        assert self.response is not None
+        try:
+            await self.response.write(chunk)
+        except ConnectionResetError:
+            raise ClientGone from None
+
+    async def finish(self) -> None:
+        assert self.response is not None
+        try:
+            await self.response.write_eof()
+        except (ConnectionResetError, RuntimeError):  # RuntimeError: the transport is already closed
+            raise ClientGone from None
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    inbound = Inbound(
+        path=request.path,
+        body=await request.read(),
+        rid=request["rid"],
+        chat=chat,
+        authorization=request.headers.get("Authorization"),
+        stats=request["stats"],
+    )
+    sink = ResponseSink(request)
+    reply = await request.app[PROXY].generate(inbound, sink)
+    if reply is None:
+        assert sink.response is not None
+        return sink.response
+    return web.Response(body=reply.body, status=reply.status, headers=reply.headers)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].handle_generate(request, chat=True)
+    return await _generate(request, chat=True)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].handle_generate(request, chat=False)
+    return await _generate(request, chat=False)
 
 
 async def health(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
-    up = [w.name for w in proxy.workers if w.healthy]
-    if not up:
+    """200 while some worker passes health checks (even one whose breaker is open: it is a last resort)."""
+    if not any(w.health.up for w in request.app[PROXY].workers):
         return web.Response(status=503, text="no healthy worker")
     return web.Response(status=200)
 
@@ -80,11 +125,15 @@ async def workers_view(request: web.Request) -> web.Response:
                 "name": w.name,
                 "url": w.url,
                 "healthy": w.healthy,
+                "state": w.health.state,
+                "probe_failures": w.health.probe_failures,
+                "request_failures": w.health.request_failures,
                 "running": w.running,
                 "active_prefill_tokens": w.active_prefill_tokens,
                 "predicted_blocks": len(w.predicted),
+                "pending_blocks": w.predicted.pending,
                 "event_blocks": len(w.events.blocks) if w.events else None,
-                "adapters": list(w.adapters),
+                "adapters": dict(w.adapters),
             }
             for w in proxy.workers
         ]

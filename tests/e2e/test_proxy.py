@@ -279,8 +279,16 @@ def asset_stack(stack_factory, assets: AssetStore, workers: int) -> Stack:
     )
 
 
-def worker_adapters(w: WorkerHandle) -> set[str]:
+def served_adapters(w: WorkerHandle) -> set[str]:
+    """The names the worker lists its adapters under: the proxy registers ``<name>@<digest12>``."""
     return {c["id"] for c in httpx.get(f"{w.url}/v1/models").json()["data"] if c["parent"]}
+
+
+def worker_adapters(w: WorkerHandle) -> set[str]:
+    """The user-facing names of the worker's adapters (each served name checked for its content digest)."""
+    served = served_adapters(w)
+    assert all(re.fullmatch(r"[\w.-]+@[0-9a-f]{12}", name) for name in served), served
+    return {name.partition("@")[0] for name in served}
 
 
 def test_lora_cold_load_affinity_lru_and_reregister(stack_factory, tmp_path: Path) -> None:
@@ -312,7 +320,8 @@ def test_lora_cold_load_affinity_lru_and_reregister(stack_factory, tmp_path: Pat
         assert len(worker_adapters(w)) <= 2
     # Re-register: the worker loses the adapter behind the proxy's back (as after a restart).
     owner = next(w for w in s.workers if "style-a" in worker_adapters(w))
-    assert httpx.post(f"{owner.url}/v1/unload_lora_adapter", json={"lora_name": "style-a"}).status_code == 200
+    (served,) = (n for n in served_adapters(owner) if n.startswith("style-a@"))
+    assert httpx.post(f"{owner.url}/v1/unload_lora_adapter", json={"lora_name": served}).status_code == 200
     r = s.chat(msgs, "lora-404", model="style-a")
     assert r.status_code == 200, r.text
     assert "re-registering" in s.log()
@@ -393,6 +402,30 @@ def test_worker_error_maps_to_502_naming_worker(stack_factory) -> None:
     assert r.status_code == 502
     err = r.json()["error"]
     assert s.workers[0].name in err["message"] and "500" in err["message"] and err["type"] == "BadGatewayError"
+    assert s.workers[0].url not in err["message"]  # the worker by name only, never its internal URL
+
+
+def hammer(s: Stack, n: int, threads: int = 6) -> list[int]:
+    msgs = [{"role": "user", "content": "hello"}]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda i: s.chat(msgs, f"h{i}").status_code, range(n)))
+
+
+def test_worker_with_errors_loses_no_request(stack_factory) -> None:
+    s = stack_factory(3, "round_robin", per_worker_args=[("--error-rate", "0.2", "--seed", "7"), (), ()])
+    statuses = hammer(s, 100)
+    assert statuses == [200] * 100
+    text = httpx.get(f"{s.url}/metrics").text
+    retried = re.search(r'harness_proxy_retries_total\{reason="worker_error"\} (\d+)', text)
+    assert retried and int(retried[1]) > 0  # the faulty worker did fail requests, and each was re-sent
+
+
+def test_killed_worker_loses_no_request(stack_factory) -> None:
+    s = stack_factory(3, "round_robin", per_worker_args=[("--crash-after", "10"), (), ()])
+    statuses = hammer(s, 100)
+    assert statuses == [200] * 100
+    assert s.workers[0].proc.poll() == 70
+    assert "retrying elsewhere" in s.log()
 
 
 def test_no_healthy_worker_is_503(stack_factory) -> None:
@@ -415,7 +448,7 @@ def test_bad_input_gets_4xx(stack_factory, tmp_path: Path) -> None:
     bad_image = s.chat(image_message("data:image/png;base64,aGVsbG8="))
     assert bad_image.status_code == 400 and "cannot identify" in bad_image.json()["error"]["message"]
     remote = s.chat(image_message("http://198.51.100.7/cat.png"))
-    assert remote.status_code == 403 and "allow-list" in remote.json()["error"]["message"]
+    assert remote.status_code == 400 and "could not be fetched" in remote.json()["error"]["message"]
     escape = s.chat(image_message("mmfile://../../etc/passwd"))
     assert escape.status_code == 400 and "asset reference" in escape.json()["error"]["message"]
     wrong_part = s.chat([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}])
