@@ -9,8 +9,11 @@ Lines:
 - ``HARNESS_READY url=<front door>``: the stack serves (the launch script's last start-up line).
 - ``HARNESS_PHASE name=<phase> seconds=<s>``: one per start-up phase, for the case record.
 - ``HARNESS_FAILED <reason>``: start-up failed; the reason names the component.
+- ``HARNESS_WORKERS urls=<url>[,<url>...]``: optional, before the ready line: the workers' own URLs, when the
+  script chose them itself (an attached stack, ports of its own) rather than taking ``HARNESS_WORKER_PORTS``.
 - ``[ROUTING] request_id=<id> worker=<name> overlap_blocks=<x> total_blocks=<m> policy=<p>``: one routing
-  decision (Dynamo's ``[ROUTING] Best: worker_<id> ... with <x>/<m> blocks overlap`` is parsed too).
+  decision (Dynamo's ``[ROUTING] Best: worker_<id> ... with <x>/<m> blocks overlap ... x_request_id="<id>"`` is
+  parsed too).
 - ``MM-aware KV routing enabled model=<m> block_size=<b>``: at router start-up, when images enter the key.
 - ``[LORA] cold load request_id=<id> adapter=<name> ... worker=<w> ...``: an adapter loaded on demand.
 """
@@ -41,6 +44,12 @@ ENV_EXTRA_WORKER_ARGS = "HARNESS_EXTRA_WORKER_ARGS"
 ENV_MM_FAMILY = "HARNESS_MM_FAMILY"
 ENV_ADAPTER_DIR = "HARNESS_ADAPTER_DIR"
 ENV_LIB_SH = "HARNESS_LIB_SH"
+#: An attached stack (``url.sh``, ``harness run --url``): its front door, its workers, the router's log file.
+ENV_URL = "HARNESS_URL"
+ENV_URL_WORKERS = "HARNESS_URL_WORKERS"
+ENV_URL_ROUTER_LOG = "HARNESS_URL_ROUTER_LOG"
+#: ``--allowed-media-hosts`` entries (space-separated) for the stack: the runner's image server as ``host:port``.
+ENV_MEDIA_HOSTS = "HARNESS_MEDIA_HOSTS"
 
 # -- launch lines -----------------------------------------------------------------------------------------------
 _READY_RE = re.compile(r"^HARNESS_READY url=(\S+)$", re.M)
@@ -75,19 +84,70 @@ def parse_failed(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+_WORKERS_RE = re.compile(r"^HARNESS_WORKERS urls=(\S+)$", re.M)
+
+
+def format_workers(urls: list[str]) -> str:
+    return "HARNESS_WORKERS urls=" + ",".join(urls)
+
+
+def parse_workers(text: str) -> list[str] | None:
+    """The worker URLs a script announced (the last announcement wins), None when it announced none."""
+    found = _WORKERS_RE.findall(text)
+    return [u for u in found[-1].split(",") if u] if found else None
+
+
+# -- client text in log lines -----------------------------------------------------------------------------------
+def escape_log(text: object, limit: int = 256) -> str:
+    """Client-controlled text made safe for a log line: printable ASCII other than space and ``%`` stays, every
+    other character becomes ``%XX`` of its UTF-8 bytes, and the result is cut at ``limit`` characters.
+
+    A request path such as ``/x%0A[ROUTING]%20request_id=...`` would otherwise write a forged routing record
+    on a line of its own; with no newline and no space left, client text cannot start a line or look like a
+    ``key=value`` sequence of a record. Every server logs request paths, methods and URLs through this.
+    """
+    s = str(text)
+    cut = len(s) > limit
+    if cut:
+        s = s[:limit]
+    if not (s.isascii() and s.isprintable() and " " not in s and "%" not in s):
+        s = "".join(
+            ch if "!" <= ch <= "~" and ch != "%" else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+            for ch in s
+        )
+    return s + "..." if cut else s
+
+
 # -- routing records --------------------------------------------------------------------------------------------
 RecordFormat = Literal["harness", "dynamo"]
 
-#: The harness's record, anchored at the end of the line: nothing client-controlled may follow it.
+#: The headers a component's logger writes before a record: ``harness.server.app.configure_logging``'s
+#: ``%(asctime)s %(levelname)s [tag] `` and logging's ``... LEVEL name: `` form. Nothing in them is client text.
+_PY_HEADER = r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d{3} [A-Z]+ (?:\[[^\]\s]*\]|[\w.]+:) )?"
+#: The harness's record: the whole line, from the logger's header (or the line start) to the line end, so a
+#: record embedded in client text inside another line (a logged path, an error message) is no record.
 _HARNESS_RE = re.compile(
-    r"\[ROUTING\] request_id=(?P<rid>\S+) worker=(?P<worker>\S+) overlap_blocks=(?P<overlap>\d+) "
-    r"total_blocks=(?P<total>\d+) policy=(?P<policy>\S+)$"
+    _PY_HEADER + r"\[ROUTING\] request_id=(?P<rid>\S+) worker=(?P<worker>\S+) overlap_blocks=(?P<overlap>\d+) "
+    r"total_blocks=(?P<total>\d+) policy=(?P<policy>\S+)"
 )
-#: ``[ROUTING] Best: worker_<id> dp_rank=0 with 19/20 blocks overlap request_id=<id> ...``
+#: Dynamo 1.6.1's record, as its frontend logs it at DEBUG (``DYN_LOG=debug``; colours off with
+#: ``DYN_SDK_DISABLE_ANSI_LOGGING=1``), from ``dynamo_llm::kv_router::routing_host::kv_selection``:
+#:   ``<ts>Z DEBUG http-request:kv_router.select_worker: dynamo_llm::kv_router::routing_host::kv_selection:
+#:   [ROUTING] Best: worker_<id> dp_rank=0 with 0/21 blocks overlap request_id=<dynamo id> worker_id=<id>
+#:   dp_rank=0 overlap_blocks=0 total_blocks=21 method=POST uri=/v1/chat/completions version=HTTP/1.1
+#:   x_request_id="<the client's X-Request-Id>" request_id=<span id> model="..."``
+#: Tracing writes the span *names* before the message and the span *fields* after it, so client text (the
+#: ``x_request_id`` and ``uri`` fields) only ever follows the record: the record is the message that directly
+#: follows the header, span names and target (or starts the line). The ``request_id`` right after the record is Dynamo's own id (its
+#: ``chatcmpl-`` suffix); the client's id is the first ``x_request_id="..."`` field after the message, a
+#: Debug-quoted string (quotes inside it are escaped, so a client cannot close it early).
 _DYNAMO_RE = re.compile(
-    r"\[ROUTING\] Best: (?P<worker>worker_\S+)(?: dp_rank=\S+)? with (?P<overlap>\d+)/(?P<total>\d+) blocks overlap"
-    r"(?:.*?request_id=(?P<rid>[^\s,]+))?"
+    r"(?:\d{4}-\d\d-\d\dT[\d:.]+Z? +[A-Z]+ +(?:[\w.:-]+: )*)?"
+    r"\[ROUTING\] Best: (?P<worker>worker_\d+)(?: dp_rank=\d+)? with (?P<overlap>\d+)/(?P<total>\d+) blocks overlap"
+    r"(?P<rest>(?: .*)?)"
 )
+_X_REQUEST_ID_RE = re.compile(r' x_request_id="(?P<rid>(?:[^"\\]|\\.)*)"')
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True)
@@ -112,14 +172,23 @@ def format_routing(request_id: str, worker: str, overlap_blocks: int, total_bloc
 
 
 def parse_routing_line(line: str) -> RoutingRecord | None:
+    """One record, only when the line is the component's own record line (see ``_HARNESS_RE``, ``_DYNAMO_RE``).
+
+    A Dynamo record's ``request_id`` is the client's ``X-Request-Id`` (the ``x_request_id`` span field), None
+    when the client sent none: Dynamo's own ids never match a request the gate sent.
+    """
     if "[ROUTING]" not in line:
         return None
-    m = _HARNESS_RE.search(line)
+    if "\x1b" in line:
+        line = _ANSI_RE.sub("", line)
+    m = _HARNESS_RE.fullmatch(line)
     if m:
         return RoutingRecord(m["rid"], m["worker"], int(m["overlap"]), int(m["total"]), m["policy"], "harness")
-    m = _DYNAMO_RE.search(line)
+    m = _DYNAMO_RE.fullmatch(line)
     if m:
-        return RoutingRecord(m["rid"], m["worker"], int(m["overlap"]), int(m["total"]), None, "dynamo")
+        rid = _X_REQUEST_ID_RE.search(m["rest"])
+        request_id = rid["rid"].replace('\\"', '"').replace("\\\\", "\\") if rid else None
+        return RoutingRecord(request_id, m["worker"], int(m["overlap"]), int(m["total"]), None, "dynamo")
     return None
 
 

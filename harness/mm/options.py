@@ -21,6 +21,9 @@ from harness.mm.resolver import ImageResolver
 
 #: vLLM's default ``--limit-mm-per-prompt`` for images in the harness's stacks.
 DEFAULT_IMAGE_LIMIT = 16
+#: Text beyond this many characters is refused before tokenizing (a 256K-token context at 4 characters a token;
+#: the simulated worker lowers it to what its max_model_len can hold).
+DEFAULT_MAX_PROMPT_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,13 @@ class MMOptions:
     preprocessor_config: str | None = None
     mm_processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
     limit_mm_per_prompt: Mapping[str, int] = field(default_factory=lambda: {"image": DEFAULT_IMAGE_LIMIT})
-    allowed_media_hosts: tuple[str, ...] = ("loopback",)
+    #: No http(s) image host by default; launch scripts name the harness's image server as a host:port pair.
+    allowed_media_hosts: tuple[str, ...] = ()
     allowed_local_media_path: Path | None = None
     asset_dir: Path | None = None
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     media_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
 
     @property
     def image_limit(self) -> int:
@@ -101,12 +106,19 @@ def add_mm_arguments(parser: argparse.ArgumentParser) -> None:
         "--allowed-media-hosts",
         nargs="+",
         default=list(d.allowed_media_hosts),
-        help="hosts image URLs may point at; 'loopback' = any loopback address",
+        help="where http(s) image URLs may point: host:port pairs ([v6]:port), bare hosts (any port), 'loopback' "
+        "(every port of localhost, 127/8 and ::1) or '*'; none by default",
     )
     m.add_argument("--allowed-local-media-path", type=Path, default=None)
     m.add_argument("--asset-dir", type=Path, default=None, help="run-scoped asset directory for mmfile:// refs")
     m.add_argument("--max-image-bytes", type=int, default=d.max_image_bytes)
     m.add_argument("--media-fetch-timeout", type=float, default=d.media_fetch_timeout)
+    m.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=d.max_prompt_chars,
+        help="refuse prompts with more text characters than this before tokenizing",
+    )
 
 
 def pop_mm_options(values: dict[str, Any]) -> MMOptions:

@@ -67,6 +67,32 @@ async def resolve_images(resolver: ImageResolver, parts: Sequence[ImagePart]) ->
     return tuple(r for r in results if not isinstance(r, BaseException))
 
 
+def _prompt_size(value: Any) -> int:
+    """Characters of a completion ``prompt`` (text, token ids, or a batch of either), without tokenizing."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(len(v) if isinstance(v, (str, list)) else 1 for v in value)
+    return 0
+
+
+def text_chars(body: dict[str, Any], chat: bool) -> int:
+    """Characters of text in a body (chat text parts, or the completion prompt), counted without tokenizing."""
+    if not chat:
+        return _prompt_size(body.get("prompt"))
+    return sum(len(p) for t in parse_chat(body.get("messages")) for p in t.parts if isinstance(p, str))
+
+
+def check_prompt_size(size: int, limit: int | None, param: str) -> None:
+    """Refuse text that cannot fit before it is tokenized: tokenizing megabytes blocks a server for seconds."""
+    if limit is not None and size > limit:
+        raise PromptError(
+            f"The prompt has {size} characters, more than the {limit} this server accepts (the model's context "
+            f"cannot hold more). Please reduce the length of the input.",
+            param,
+        )
+
+
 async def render_request(
     body: dict[str, Any],
     *,
@@ -74,16 +100,21 @@ async def render_request(
     family: Family,
     resolver: ImageResolver | None,
     image_limit: int,
+    max_prompt_chars: int | None = None,
 ) -> RenderedRequest:
     """Validate and render ``body``.
 
     ``resolver`` None renders chat text only, images left out of the prompt altogether (the degraded
-    ``kv_text`` routing key); the engine always passes its resolver.
+    ``kv_text`` routing key); the engine always passes its resolver. Text over ``max_prompt_chars`` characters
+    is refused before it is tokenized.
     """
     salt = cache_salt_of(body)
     if not chat:
-        return RenderedRequest(completion_prompt(body.get("prompt")), (), (), salt)
+        prompt = body.get("prompt")
+        check_prompt_size(_prompt_size(prompt), max_prompt_chars, "prompt")
+        return RenderedRequest(completion_prompt(prompt), (), (), salt)
     turns = tuple(parse_chat(body.get("messages")))
+    check_prompt_size(sum(len(p) for t in turns for p in t.parts if isinstance(p, str)), max_prompt_chars, "messages")
     check_image_limit(turns, image_limit)
     add_gen = bool(body.get("add_generation_prompt", True))
     if resolver is None:

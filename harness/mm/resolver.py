@@ -4,28 +4,33 @@ Work is memoized at two levels. Content that has been seen before (by its hash) 
 again, and a reference whose bytes cannot change — a ``data:`` URL, keyed by a blake3 of the URL text, or a
 content-addressed ``mmfile://`` reference — skips even the base64 decode. http(s) URLs are fetched every time
 (their content may change) but their measurements are reused. No decoded pixels are kept: only hashes, sizes
-and whatever small result ``analyze`` returns.
+and whatever small result ``analyze`` returns. An ``mmfile://`` memo entry (in memory or a derived facts file)
+is trusted only while the source file's identity (``assets.Stamp``) is unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import blake3
 
 from harness.mm.assets import SCHEME as ASSET_SCHEME
-from harness.mm.assets import AssetError, AssetStore
+from harness.mm.assets import AssetError, AssetStore, Stamp
 from harness.mm.geometry import ImageGeometry
 from harness.mm.images import ImageError, ImagePolicy, image_size, load_image_bytes, mm_hash
 from harness.mm.prompt import ImagePart
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,9 @@ class ResolvedImage:
     #: What enters the block keys: the part's ``uuid`` when given, else the content hash.
     hash: str
     facts: ImageFacts
+    #: The URL it came from and, when this request read them, the encoded bytes (for a later ``analysis``).
+    url: str = field(default="", compare=False)
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def tokens(self) -> int:
@@ -66,7 +74,22 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
+#: Image work (base64, hashing, header parsing, analysis) runs on this many threads per resolver: off the event
+#: loop, and bounded, so a burst of large images queues instead of holding many decodes in memory at once.
+IMAGE_THREADS = 2
+#: Payloads up to this size are hashed and measured on the event loop (a thread hop costs more than the work).
+_INLINE_BYTES = 256 * 1024
+
+
 class ImageResolver:
+    """Image part -> (hash, token count), cheapest facts first; the analysis (a pixel decode) only on request.
+
+    ``resolve`` reads what routing and length checks need — bytes, hash, size from the header, placeholder
+    count — and never decodes pixels, so a request that is over the length limit is refused before any decode.
+    ``analysis`` (the engine's colour naming) runs after the caller has accepted the request, on the bounded
+    image threads, once per distinct content.
+    """
+
     def __init__(
         self,
         model: str,
@@ -84,27 +107,39 @@ class ImageResolver:
         self.analyze = analyze
         self.session: aiohttp.ClientSession | None = None
         self._by_content = _LRU(memo_size)
+        #: data-URL digest -> content hash; mmfile ref -> (content hash, source stamp).
         self._by_ref = _LRU(memo_size)
+        self._executor: ThreadPoolExecutor | None = None
         # Derived facts depend on the model (hash seed) and its geometry (token counts).
         self._model_tag = blake3.blake3(f"{model}|{sorted(geometry.config.items())}".encode()).hexdigest()[:16]
 
-    async def _bytes(self, url: str) -> bytes:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(IMAGE_THREADS, thread_name_prefix="images")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def _bytes(self, url: str) -> tuple[bytes, Stamp | None]:
         if url.startswith(ASSET_SCHEME):
             if self.assets is None:
                 raise ImageError("mmfile:// references need an asset directory (--asset-dir)", status=400)
-            return self.assets.read(url, self.policy.max_bytes)  # AssetError is an ImageError
-        return await load_image_bytes(url, self.policy, self.session)
+            # AssetError is an ImageError; read in a thread: a cold page cache makes this disk I/O.
+            return await self._run(self.assets.read_stamped, url, self.policy.max_bytes)
+        return await load_image_bytes(url, self.policy, self.session), None
 
-    def _measure(self, data: bytes, content_hash: str) -> ImageFacts:
+    def _measure(self, data: bytes) -> ImageFacts:
+        """Hash and header facts, no pixel decode (``image_size`` reads the header only)."""
+        content_hash = mm_hash(self.model, data)
+        facts = self._by_content.get(content_hash)
+        if facts is not None:
+            return facts
         width, height, _ = image_size(data, self.policy.max_pixels)
         tokens = self.geometry.num_tokens(width, height)  # ImageGeometryError is an ImageError
-        extra = None
-        if self.analyze is not None:
-            try:
-                extra = self.analyze(data)
-            except OSError as exc:
-                raise ImageError(f"cannot decode image: {exc}") from None
-        return ImageFacts(content_hash, width, height, tokens, extra)
+        return ImageFacts(content_hash, width, height, tokens, None)
 
     # -- derived artifacts: measurements of asset-dir images, shared by every process using the dir ---------
     def _derived_path(self, url: str) -> Path | None:
@@ -116,9 +151,12 @@ class ImageResolver:
             return None
         return self.assets.derived_path(f"{digest}.{self._model_tag}.facts.json")
 
-    def _load_derived(self, path: Path) -> ImageFacts | None:
+    def _load_derived(self, path: Path, stamp: Stamp) -> ImageFacts | None:
+        """Facts written for exactly this source file (its stamp), else None: a replaced source is re-read."""
         try:
             raw = json.loads(path.read_text())
+            if [int(x) for x in raw["source_stamp"]] != list(stamp):
+                return None
             extra = raw.get("extra")
             return ImageFacts(
                 raw["content_hash"],
@@ -130,47 +168,91 @@ class ImageResolver:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def _store_derived(self, path: Path, facts: ImageFacts) -> None:
+    def _store_derived(self, path: Path, facts: ImageFacts, stamp: Stamp) -> None:
         try:
-            payload = json.dumps(dataclasses.asdict(facts))
+            payload = json.dumps({**dataclasses.asdict(facts), "source_stamp": list(stamp)})
         except TypeError:  # an analysis result that is not JSON: keep it in memory only
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(payload)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(payload)
+            os.replace(tmp, path)
+        except OSError:  # a read-only or vanished asset dir costs a re-measure, never the request
+            return
+
+    def _memo(self, facts: ImageFacts) -> ImageFacts:
+        """One facts object per content: keep the memo's when it already carries an analysis."""
+        known = self._by_content.get_touch(facts.content_hash)
+        if known is not None and (known.extra is not None or facts.extra is None):
+            return known
+        self._by_content.put(facts.content_hash, facts)
+        return facts
 
     async def resolve(self, part: ImagePart) -> ResolvedImage:
         url = part.url
         ref_key: str | None = None
+        stamp: Stamp | None = None
         if url.startswith("data:"):
             ref_key = blake3.blake3(url.encode()).hexdigest()
-        elif url.startswith(ASSET_SCHEME):
-            ref_key = url
-        if ref_key is not None:
             content_hash = self._by_ref.get_touch(ref_key)
-            if content_hash is not None:
-                facts = self._by_content.get_touch(content_hash)
-                if facts is not None:
-                    return ResolvedImage(part.uuid or content_hash, facts)
+        elif url.startswith(ASSET_SCHEME) and self.assets is not None:
+            ref_key = url
+            stamp = self.assets.stamp(url)  # one lstat: 404 / 403 (symlink, FIFO) before anything is trusted
+            known = self._by_ref.get_touch(ref_key)
+            content_hash = known[0] if known is not None and known[1] == stamp else None
+        else:
+            content_hash = None
+        if content_hash is not None:
+            facts = self._by_content.get_touch(content_hash)
+            if facts is not None:
+                return ResolvedImage(part.uuid or content_hash, facts, url)
         derived = self._derived_path(url)
-        if derived is not None and derived.exists() and self.assets is not None:
-            if not self.assets.path_of(url).exists():  # derived facts never outlive their source
-                raise ImageError(f"asset {url} not found in {self.assets.src}", status=404)
-            facts = self._load_derived(derived)
-            # A process that analyses images cannot use facts written by one that does not.
-            if facts is not None and (self.analyze is None or facts.extra is not None):
-                self._by_content.put(facts.content_hash, facts)
-                self._by_ref.put(url, facts.content_hash)
-                return ResolvedImage(part.uuid or facts.content_hash, facts)
-        data = await self._bytes(url)
-        content_hash = mm_hash(self.model, data)
-        facts = self._by_content.get_touch(content_hash)
-        if facts is None:
-            facts = self._measure(data, content_hash)
-            self._by_content.put(content_hash, facts)
-        if derived is not None:
-            self._store_derived(derived, facts)
-        if ref_key is not None:
-            self._by_ref.put(ref_key, content_hash)
-        return ResolvedImage(part.uuid or content_hash, facts)
+        if derived is not None and stamp is not None:
+            loaded = self._load_derived(derived, stamp)
+            if loaded is not None:
+                facts = self._memo(loaded)
+                self._by_ref.put(url, (facts.content_hash, stamp))
+                return ResolvedImage(part.uuid or facts.content_hash, facts, url)
+        data, read_stamp = await self._bytes(url)
+        facts = self._measure(data) if len(data) <= _INLINE_BYTES else await self._run(self._measure, data)
+        facts = self._memo(facts)
+        if derived is not None and read_stamp is not None:
+            self._store_derived(derived, facts, read_stamp)
+            self._by_ref.put(url, (facts.content_hash, read_stamp))
+        elif ref_key is not None:
+            self._by_ref.put(ref_key, facts.content_hash)
+        return ResolvedImage(part.uuid or facts.content_hash, facts, url, data)
+
+    async def analysis(self, image: ResolvedImage) -> Any:
+        """``analyze`` of the image's bytes, once per distinct content, off the event loop.
+
+        The bytes are the ones ``resolve`` read for this request; an image answered from the memo is read
+        again (and must still hash to the same content). Any failure to decode is the client's bad image.
+        """
+        if self.analyze is None:
+            return None
+        content_hash = image.facts.content_hash
+        facts = self._by_content.get_touch(content_hash) or image.facts
+        if facts.extra is not None:
+            return facts.extra
+        data = image.data
+        if data is None:
+            data, _ = await self._bytes(image.url)
+            if mm_hash(self.model, data) != content_hash:
+                raise ImageError(f"image {image.url[:80]} changed while the request was being handled", 409)
+        try:
+            extra = await self._run(self.analyze, data)
+        except ImageError:
+            raise
+        except Exception as exc:  # Pillow's decoders raise far more than OSError
+            raise ImageError(f"cannot decode image ({type(exc).__name__})") from None
+        facts = self._memo(dataclasses.replace(facts, extra=extra))
+        derived = self._derived_path(image.url)
+        if derived is not None and self.assets is not None:
+            try:
+                stamp = self.assets.stamp(image.url)
+            except AssetError:
+                return extra
+            self._store_derived(derived, facts, stamp)
+        return extra

@@ -6,21 +6,33 @@ status as ``code``; request ids follow the ``X-Request-Id`` convention (keep the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from harness.contract import escape_log
 from harness.errors import ApiError
 
 REQUEST_ID_HEADER = "X-Request-Id"
 SERVED_BY_HEADER = "X-Served-By"
+
+#: The largest request body either server reads, *after* ``Content-Encoding`` is undone (aiohttp's
+#: ``client_max_size`` counts decompressed bytes): room for one image at the default 20 MiB limit as base64.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+#: A body must arrive within this many seconds once the headers are in: a client that declares a length and
+#: sends less (or sends it a byte a second) cannot hold a request open forever.
+BODY_TIMEOUT_S = 30.0
+
 
 def error_body(exc: ApiError) -> dict[str, Any]:
     """vLLM's ``ErrorResponse``: ``{"error": {"message", "type", "param", "code"}}``, ``code`` the HTTP status."""
@@ -95,6 +107,37 @@ def model_card(model_id: str, root: str, parent: str | None, created: int, max_m
     }
 
 
+async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request body, within a size limit and a deadline, every failure a 4xx ``ApiError``.
+
+    A declared ``Content-Length`` over the limit is refused before a byte is read (413); the decompressed size is
+    capped too (aiohttp's ``client_max_size``, set to the same limit on both apps, and checked again here); a
+    ``Content-Encoding`` the body does not match is the client's error (400), not a 500. aiohttp caches the
+    bytes, so handlers that call ``request.read()`` afterwards get them without reading again.
+    """
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
+        raise ApiError(413, f"Request body of {declared} bytes exceeds the limit of {max_bytes} bytes.")
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"Request body not received within {timeout_s:g}s.") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"Request body exceeds the limit of {max_bytes} bytes (after decompression).") from None
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        raise ApiError(400, f"Request body cannot be read: {_reason(exc)}") from None
+    if len(body) > max_bytes:
+        raise ApiError(413, f"Request body exceeds the limit of {max_bytes} bytes (after decompression).")
+    return body
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message for a client, on one line (aiohttp's parser messages span several)."""
+    text = " ".join(str(getattr(exc, "message", "") or exc).split())
+    return text[:200] or type(exc).__name__
+
+
 def exception_response(exc: Exception, headers: Mapping[str, str], rid: str, logger: logging.Logger) -> web.Response:
     """The one place an exception becomes an answer: 4xx for bad input, 500 (logged) for bugs.
 
@@ -119,10 +162,13 @@ def api_middleware(
     headers: Callable[[str], Mapping[str, str]],
     finished: Callable[[web.Request, int, float], None],
     before: Callable[[web.Request], None] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The middleware both servers share: a request id on every request (``request["rid"]``) and response,
-    ``before`` hooks (fault injection), OpenAI-style errors for every exception, and ``finished(request, status,
-    seconds)`` always called once — where each server writes its one log line per request."""
+    ``before`` hooks (fault injection), the body read within its limits (``read_body``) before any handler
+    work, OpenAI-style errors for every exception, and ``finished(request, status, seconds)`` always called
+    once — where each server writes its one log line per request (client text through ``escape_log``)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
@@ -134,6 +180,8 @@ def api_middleware(
         try:
             if before is not None:
                 before(request)
+            if request.body_exists:
+                await read_body(request, max_body_bytes, body_timeout_s)
             response = await handler(request)
             status = response.status
             if not response.prepared:
@@ -142,7 +190,7 @@ def api_middleware(
             return response
         except (ConnectionResetError, aiohttp.ClientConnectionError) as exc:
             status = 499  # the client went away mid-response: nobody is left to answer
-            logger.warning("request_id=%s connection closed: %s", rid, exc)
+            logger.warning("request_id=%s connection closed: %s", rid, escape_log(exc))
             raise
         except Exception as exc:
             response = exception_response(exc, headers(rid), rid, logger)
@@ -152,3 +200,45 @@ def api_middleware(
             finished(request, status, time.perf_counter() - start)
 
     return middleware
+
+
+class JsonErrorRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler with its own error answers as OpenAI-style JSON instead of text/plain.
+
+    aiohttp answers what never reaches the application itself — a malformed request line, an oversized or
+    malformed header, a bad method, a bad ``Content-Length``, a control character in a header value — through
+    ``RequestHandler.handle_error`` (``aiohttp/web_protocol.py``), which builds a text/plain (or HTML) body.
+    ``web.Server`` always instantiates the base class (its ``__call__`` hard-codes it and no runner or server
+    keyword selects another), so ``harness.server.app.serve_app`` creates the listening socket itself with
+    this subclass as the protocol factory. The parser's message (it quotes the client's bytes) goes to the
+    client, and to the log only escaped, on one line, without a traceback.
+    """
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # a response is under way: nothing else can be sent
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        reason = " ".join((message or "").split()) or _phrase(status)
+        if status >= 500:
+            self.logger.error(
+                "error handling request from %s: %s", request.remote, escape_log(reason), exc_info=exc
+            )
+            reason = _phrase(status)  # never a stack or an internal message to the client
+        else:
+            self.logger.info("rejected malformed request from %s: %s", request.remote, escape_log(reason))
+        body = error_body(ApiError(status, reason[:500]))
+        resp = web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

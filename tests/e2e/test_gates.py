@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.contract import ENV_MEDIA_HOSTS
 from harness.gate.image_server import ImageServer
 from harness.gate.scenario import GateResult, run_gate
 from harness.profiles import default_profile_dir, find_case, load_profiles
@@ -28,7 +29,7 @@ def images() -> Iterator[ImageServer]:
 
 def gate(case_id: str, tmp_path: Path, images: ImageServer) -> GateResult:
     case = find_case(load_profiles(default_profile_dir(), backend="sim"), case_id)
-    with launched(case, tmp_path / "logs") as stack:
+    with launched(case, tmp_path / "logs", extra_env={ENV_MEDIA_HOSTS: images.host_port}) as stack:
         return run_gate(stack, images)
 
 

@@ -116,12 +116,60 @@ def test_symlink_out_of_src_is_403(store: AssetStore, tmp_path: Path) -> None:
     assert status_of(store, SCHEME + name) == 403
 
 
-def test_symlink_to_another_asset_fails_verification(store: AssetStore) -> None:
+def test_symlink_to_another_asset_is_refused(store: AssetStore) -> None:
     real = store.put(DATA)
     alias = digest(b"different content")
     (store.src / alias).symlink_to(store.src / digest(DATA))
     assert store.read(real, LIMIT) == DATA
-    assert status_of(store, SCHEME + alias) == 409  # the bytes do not match the digest the reference names
+    assert status_of(store, SCHEME + alias) == 403  # a symlink is never served, whatever it points at
+    with pytest.raises(AssetError) as err:
+        store.stamp(SCHEME + alias)
+    assert err.value.status == 403
+
+
+def test_symlink_with_matching_content_is_refused(store: AssetStore, tmp_path: Path) -> None:
+    """Even a link whose target holds exactly the bytes its name promises: only regular files in src/."""
+    outside = tmp_path / "copy.bin"
+    outside.write_bytes(DATA)
+    store.ensure()
+    (store.src / digest(DATA)).symlink_to(outside)
+    assert status_of(store, SCHEME + digest(DATA)) == 403
+
+
+def test_fifo_in_src_is_refused_without_blocking(store: AssetStore) -> None:
+    store.ensure()
+    name = digest(b"a fifo")
+    os.mkfifo(store.src / name)
+    assert status_of(store, SCHEME + name) == 403  # returns at once: opened non-blocking, then fstat
+
+
+@pytest.mark.parametrize("suffix", ["\n", ".png\n", "\n.png"])
+def test_trailing_newline_is_not_a_valid_reference(store: AssetStore, suffix: str) -> None:
+    ref = store.put(DATA)
+    assert status_of(store, ref + suffix) == 400
+
+
+def test_in_place_rewrite_restoring_size_and_mtime_is_caught(store: AssetStore) -> None:
+    """The stamp includes ctime, which a writer cannot set back: same size and mtime still re-verify."""
+    ref = store.put(DATA)
+    assert store.read(ref, LIMIT) == DATA
+    path = store.src / digest(DATA)
+    st = path.stat()
+    path.write_bytes(DATA[::-1])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert status_of(store, ref) == 409
+
+
+def test_replaced_file_changes_the_stamp(store: AssetStore) -> None:
+    ref = store.put(DATA)
+    before = store.stamp(ref)
+    data, stamp = store.read_stamped(ref, LIMIT)
+    assert (data, stamp) == (DATA, before)
+    tmp = store.src / "replacement"
+    tmp.write_bytes(DATA)
+    os.replace(tmp, store.src / digest(DATA))  # same bytes, new inode
+    assert store.stamp(ref) != before
+    assert store.read(ref, LIMIT) == DATA
 
 
 def test_size_cap_is_413(store: AssetStore) -> None:

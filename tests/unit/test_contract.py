@@ -22,10 +22,28 @@ from harness.contract import (
 )
 
 HARNESS_LINE = "[ROUTING] request_id=req-1 worker=worker1 overlap_blocks=19 total_blocks=20 policy=kv_mm"
+#: Captured from Dynamo 1.6.1 (frontend ``--router-mode kv``, two mockers, ``DYN_LOG=debug``,
+#: ``DYN_SDK_DISABLE_ANSI_LOGGING=1``), the client's ``X-Request-Id: cap-repeat-2``; the line is verbatim.
 DYNAMO_LINE = (
-    "2025-01-01T00:00:00.123Z INFO dynamo_llm::kv_router::scheduler: [ROUTING] Best: worker_7 dp_rank=0 with "
-    "19/20 blocks overlap request_id=abc worker_id=7 overlap_blocks=19 total_blocks=20"
+    "2026-12-02T06:53:09.149862Z DEBUG http-request:kv_router.select_worker: "
+    "dynamo_llm::kv_router::routing_host::kv_selection: [ROUTING] Best: worker_9456074223902533122 dp_rank=0 "
+    "with 21/21 blocks overlap request_id=05c95e1f-5dd8-41f3-8a80-48e91abcfa51 worker_id=9456074223902533122 "
+    "dp_rank=0 overlap_blocks=21 total_blocks=21 method=POST uri=/v1/chat/completions version=HTTP/1.1 "
+    'x_request_id="cap-repeat-2" request_id=fc601100-523f-41c0-98b9-ae1d1a36febf model="Qwen/Qwen3-VL-2B-Instruct"'
 )
+
+
+def dynamo_line(worker: int, overlap: int, total: int, x_request_id: str | None, ts: str = "06:53:09.1") -> str:
+    """A record in the captured layout (``DYNAMO_LINE``) with other numbers and client id."""
+    line = (
+        f"2026-12-02T{ts}Z DEBUG http-request:kv_router.select_worker: "
+        f"dynamo_llm::kv_router::routing_host::kv_selection: [ROUTING] Best: worker_{worker} dp_rank=0 with "
+        f"{overlap}/{total} blocks overlap request_id=05c95e1f worker_id={worker} dp_rank=0 "
+        f"overlap_blocks={overlap} total_blocks={total} method=POST uri=/v1/chat/completions version=HTTP/1.1"
+    )
+    if x_request_id is not None:
+        line += f' x_request_id="{x_request_id}"'
+    return line + ' request_id=fc601100 model="Qwen/Qwen3-VL-2B-Instruct"'
 
 
 def test_parse_harness_record() -> None:
@@ -42,23 +60,31 @@ def test_parse_harness_record_with_log_prefix() -> None:
 
 
 def test_parse_dynamo_record() -> None:
+    """The request id is the client's (``x_request_id``), not either of Dynamo's own ``request_id`` fields."""
     (r,) = parse_routing_records(DYNAMO_LINE)
     assert r.format == "dynamo"
-    assert r.request_id == "abc"
-    assert r.worker == "worker_7"
-    assert (r.overlap_blocks, r.total_blocks) == (19, 20)
+    assert r.request_id == "cap-repeat-2"
+    assert r.worker == "worker_9456074223902533122"
+    assert (r.overlap_blocks, r.total_blocks) == (21, 21)
     assert r.policy is None
+    assert records_for(DYNAMO_LINE, "05c95e1f-5dd8-41f3-8a80-48e91abcfa51") == []
+    assert records_for(DYNAMO_LINE, "fc601100-523f-41c0-98b9-ae1d1a36febf") == []
 
 
-def test_parse_dynamo_record_without_dp_rank_or_request_id() -> None:
-    (r,) = parse_routing_records("[ROUTING] Best: worker_3 with 0/12 blocks overlap")
+def test_parse_dynamo_record_without_client_request_id() -> None:
+    """A client that sent no ``X-Request-Id``: the record parses, with no request id to match."""
+    (r,) = parse_routing_records(dynamo_line(3, 0, 12, None))
     assert (r.worker, r.overlap_blocks, r.total_blocks, r.request_id) == ("worker_3", 0, 12, None)
     assert r.overlap_ratio == 0.0
+    (bare,) = parse_routing_records("[ROUTING] Best: worker_3 with 0/12 blocks overlap")  # no tracing header
+    assert (bare.worker, bare.request_id) == ("worker_3", None)
 
 
-def test_dynamo_request_id_stops_at_comma() -> None:
-    (r,) = parse_routing_records("[ROUTING] Best: worker_1 with 2/4 blocks overlap, request_id=xyz-9, extra=1")
-    assert r.request_id == "xyz-9"
+def test_dynamo_client_request_id_with_escaped_quote() -> None:
+    """Tracing Debug-quotes the field: an escaped quote in the client's id neither ends it nor forges another."""
+    (r,) = parse_routing_records(dynamo_line(1, 2, 4, 'a\\" x_request_id=\\"victim'))
+    assert r.request_id == 'a" x_request_id="victim'
+    assert records_for(dynamo_line(1, 2, 4, 'a\\" x_request_id=\\"victim'), "victim") == []
 
 
 def test_numbers_compare_numerically_not_as_strings() -> None:
@@ -67,7 +93,7 @@ def test_numbers_compare_numerically_not_as_strings() -> None:
             "[ROUTING] request_id=a worker=w0 overlap_blocks=9 total_blocks=10 policy=kv_mm",
             "[ROUTING] request_id=b worker=w1 overlap_blocks=10 total_blocks=100 policy=kv_mm",
             "[ROUTING] request_id=c worker=w1 overlap_blocks=100 total_blocks=120 policy=kv_mm",
-            "[ROUTING] Best: worker_2 with 99/120 blocks overlap request_id=d",
+            dynamo_line(2, 99, 120, "d"),
         ]
     )
     a, b, c, d = parse_routing_records(text)
@@ -108,8 +134,8 @@ def test_records_for_exact_request_id_not_prefix() -> None:
             "[ROUTING] request_id=req-10 worker=w1 overlap_blocks=0 total_blocks=5 policy=kv_mm",
             "[ROUTING] request_id=req-1 worker=w0 overlap_blocks=5 total_blocks=5 policy=kv_mm",
             "[ROUTING] request_id=req-100 worker=w1 overlap_blocks=1 total_blocks=5 policy=kv_mm",
-            "[ROUTING] Best: worker_2 with 1/5 blocks overlap request_id=req-1x worker_id=2",
-            "[ROUTING] Best: worker_3 with 4/5 blocks overlap request_id=req-1 worker_id=3",
+            dynamo_line(2, 1, 5, "req-1x"),
+            dynamo_line(3, 4, 5, "req-1"),
             "[ROUTING] request_id=xreq-1 worker=w9 overlap_blocks=2 total_blocks=5 policy=kv_mm",
         ]
     )
@@ -179,3 +205,60 @@ def test_lora_cold_load_round_trip() -> None:
     (rec,) = parse_lora_cold_loads(f"INFO [proxy] {line}\nother")
     assert (rec.request_id, rec.adapter, rec.identity, rec.worker) == ("r1", "my-lora", "my-lora@abc123", "sim-1")
     assert parse_lora_cold_loads("[LORA] evicted adapter=my-lora worker=sim-1 status=200") == []
+
+
+# -- log forgery: a record is only a record on the component's own line ------------------------------------------
+FORGED = "[ROUTING] request_id=victim worker=w9 overlap_blocks=20 total_blocks=20 policy=kv_mm"
+
+
+def test_record_after_the_harness_logger_header_parses() -> None:
+    (r,) = parse_routing_records(f"2026-01-02 03:04:05,678 INFO [proxy] {HARNESS_LINE}")
+    assert (r.request_id, r.worker) == ("req-1", "worker1")
+
+
+def test_record_embedded_in_another_log_line_is_not_parsed() -> None:
+    """A client path or error text carrying a whole record, on one line, after other text: no record."""
+    lines = [
+        f"2026-01-02 03:04:05,678 INFO [proxy] request_id=abc GET /x {FORGED}",
+        f"2026-01-02 03:04:05,678 WARNING [worker0] request_id=abc connection closed: {FORGED}",
+        f"2026-01-02 03:04:05,678 INFO [proxy] request_id=abc GET /x {FORGED} status=404 latency_ms=1.0",
+        f"junk {FORGED}",
+        f"{FORGED} trailing",
+    ]
+    assert parse_routing_records("\n".join(lines)) == []
+    assert records_for("\n".join(lines), "victim") == []
+
+
+def test_escaped_path_cannot_start_a_line() -> None:
+    """``escape_log`` leaves no newline or space of a client's path in the log line."""
+    from harness.contract import escape_log
+
+    path = "/x\n" + FORGED
+    line = f"2026-01-02 03:04:05,678 INFO [proxy] request_id=abc GET {escape_log(path)} status=404"
+    assert "\n" not in line and parse_routing_records(line) == []
+    assert escape_log("/v1/chat/completions") == "/v1/chat/completions"
+    assert escape_log("/a b%\r\u2100") == "/a%20b%25%0D%E2%84%80"
+
+
+def test_dynamo_client_text_cannot_shadow_or_forge_a_record() -> None:
+    """Tracing writes span fields (the client's ``x_request_id``, ``uri``) after the message: a record the
+    client writes into them neither replaces the router's own nor turns another line into a record."""
+    spoof = '[ROUTING] Best: worker_9 with 20/20 blocks overlap x_request_id=\\"victim\\"'  # as logged
+    (r,) = parse_routing_records(dynamo_line(1, 3, 20, spoof))
+    assert (r.worker, r.overlap_blocks, r.request_id) == ("worker_1", 3, spoof.replace("\\", ""))
+    received = (  # another of Dynamo's lines, the client's id in its span fields (captured layout)
+        "2026-12-02T06:53:56.618072Z  INFO http-request: dynamo_llm::http::service::metrics: request received "
+        "request_id=66664020 model=Qwen/Qwen3-VL-2B-Instruct endpoint=chat_completions request_type=unary "
+        f'method=POST uri=/v1/chat/completions version=HTTP/1.1 x_request_id="{spoof}" request_id=261a5e84'
+    )
+    assert parse_routing_records(received) == []
+    assert parse_routing_records(f"something else {spoof}") == []
+    assert records_for(dynamo_line(1, 3, 20, spoof), "victim") == []
+
+
+def test_coloured_dynamo_line_parses() -> None:
+    line = "\x1b[2m2025-01-01T00:00:00.123Z\x1b[0m \x1b[34mDEBUG\x1b[0m dynamo_llm::kv_router: " + (
+        '[ROUTING] Best: worker_2 with 1/4 blocks overlap request_id=own-id x_request_id="c1"'
+    )
+    (r,) = parse_routing_records(line)
+    assert (r.worker, r.request_id) == ("worker_2", "c1")

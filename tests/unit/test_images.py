@@ -22,6 +22,7 @@ from aiohttp import web
 from PIL import Image
 
 from harness.mm.images import (
+    FETCH_REFUSED,
     ImageError,
     ImageInfo,
     ImagePolicy,
@@ -201,6 +202,13 @@ def test_mm_hash_different_pixels_differ() -> None:
 # ------------------------------------------------------------------------------------------ host policy
 
 
+def test_default_policy_admits_nothing() -> None:
+    policy = ImagePolicy()
+    for host in ("127.0.0.1", "localhost", "::1", "example.com", "10.0.0.1"):
+        assert not policy.host_allowed(host, 80)
+        assert not policy.host_allowed(host)
+
+
 @pytest.mark.parametrize(
     ("host", "allowed"),
     [
@@ -220,12 +228,31 @@ def test_mm_hash_different_pixels_differ() -> None:
         ("", False),
     ],
 )
-def test_default_policy_admits_loopback_only(host: str, allowed: bool) -> None:
-    assert ImagePolicy().host_allowed(host) is allowed
+def test_loopback_opt_in_admits_every_loopback_port(host: str, allowed: bool) -> None:
+    policy = ImagePolicy(allowed_hosts=("loopback",))
+    for port in (80, 8123, 65535):
+        assert policy.host_allowed(host, port) is allowed
+
+
+def test_host_port_pairs_admit_exactly_that_port() -> None:
+    """The harness's image server by default: one loopback port, not every service on 127/8."""
+    policy = ImagePolicy(allowed_hosts=("127.0.0.1:8123", "[::1]:9000", "Images.Example:443"))
+    assert policy.host_allowed("127.0.0.1", 8123)
+    assert not policy.host_allowed("127.0.0.1", 8124)
+    assert not policy.host_allowed("127.0.0.1", 22)
+    assert not policy.host_allowed("127.0.0.2", 8123)
+    assert not policy.host_allowed("localhost", 8123)  # a pair names one spelling of one host
+    assert policy.host_allowed("::1", 9000) and policy.host_allowed("[::1]", 9000)
+    assert not policy.host_allowed("::1", 8123)
+    assert policy.host_allowed("images.example", 443)
+    assert not policy.host_allowed("images.example", 80)
+    assert not policy.host_allowed("127.0.0.1")  # no port: no pair matches
 
 
 def test_explicit_hosts() -> None:
+    """A bare host is the operator's explicit choice: any port of it."""
     policy = ImagePolicy(allowed_hosts=("images.example", "10.1.2.3"))
+    assert policy.host_allowed("images.example", 8080)
     assert policy.host_allowed("images.example")
     assert policy.host_allowed("IMAGES.example")
     assert policy.host_allowed("10.1.2.3")
@@ -409,13 +436,22 @@ async def serve(routes: dict[str, Handler]) -> AsyncIterator[tuple[str, list[str
         await runner.cleanup()
 
 
-def run_fetch(routes: dict[str, Handler], path: str, policy: ImagePolicy) -> tuple[bytes | ImageError, list[str]]:
-    """Fetch ``path`` from a fresh server; returns (bytes or the ImageError raised, paths the server saw)."""
+def pair_policy(base: str, **kw: Any) -> ImagePolicy:
+    """The policy the harness gives its stacks: exactly this server's host:port."""
+    return ImagePolicy(allowed_hosts=(base.removeprefix("http://"),), **kw)
+
+
+def run_fetch(
+    routes: dict[str, Handler], path: str, policy: ImagePolicy | None = None, **kw: Any
+) -> tuple[bytes | ImageError, list[str]]:
+    """Fetch ``path`` from a fresh server (``policy``, else this server's pair with ``kw``); returns (bytes or the
+    ImageError raised, paths the server saw)."""
 
     async def main() -> tuple[bytes | ImageError, list[str]]:
         async with serve(routes) as (base, hits), aiohttp.ClientSession() as session:
             try:
-                result: bytes | ImageError = await fetch_http(base + path, policy, session)
+                used = policy if policy is not None else pair_policy(base, **kw)
+                result: bytes | ImageError = await fetch_http(base + path, used, session)
             except ImageError as exc:
                 result = exc
             return result, hits
@@ -429,7 +465,7 @@ def test_http_fetch_allowed_host() -> None:
     async def image(_: web.Request) -> web.Response:
         return web.Response(body=png, content_type="image/png")
 
-    result, hits = run_fetch({"/cat.png": image}, "/cat.png", ImagePolicy())
+    result, hits = run_fetch({"/cat.png": image}, "/cat.png")
     assert result == png
     assert hits == ["/cat.png"]
 
@@ -442,8 +478,8 @@ def test_http_same_file_hashes_like_data_url() -> None:
 
     async def main() -> tuple[ImageInfo, ImageInfo]:
         async with serve({"/cat.png": image}) as (base, _), aiohttp.ClientSession() as session:
-            by_url = await load_image(base + "/cat.png", MODEL, ImagePolicy(), session)
-            by_data = await load_image(data_url(png), MODEL, ImagePolicy(), session)
+            by_url = await load_image(base + "/cat.png", MODEL, pair_policy(base), session)
+            by_data = await load_image(data_url(png), MODEL, pair_policy(base), session)
             return by_url, by_data
 
     by_url, by_data = asyncio.run(main())
@@ -452,16 +488,16 @@ def test_http_same_file_hashes_like_data_url() -> None:
 
 
 def test_http_disallowed_host_refused_before_connecting() -> None:
-    """A real server on loopback that the policy does not admit: 403 and the server never sees a request."""
+    """A real server on loopback that the policy does not admit: refused, and the server never sees a request."""
 
     async def image(_: web.Request) -> web.Response:
         return web.Response(body=b"should not be served")
 
-    result, hits = run_fetch({"/x.png": image}, "/x.png", ImagePolicy(allowed_hosts=("images.example",)))
-    assert isinstance(result, ImageError)
-    assert result.status == 403
-    assert "'127.0.0.1'" in str(result)
-    assert hits == []
+    for policy in (ImagePolicy(allowed_hosts=("images.example",)), ImagePolicy(allowed_hosts=("127.0.0.1:1",))):
+        result, hits = run_fetch({"/x.png": image}, "/x.png", policy)
+        assert isinstance(result, ImageError)
+        assert (result.status, str(result)) == (400, FETCH_REFUSED)
+        assert hits == []
 
 
 def test_http_disallowed_host_never_touches_session() -> None:
@@ -469,10 +505,18 @@ def test_http_disallowed_host_never_touches_session() -> None:
         def get(self, *args: Any, **kwargs: Any) -> Any:
             raise AssertionError("no request may be made for a disallowed host")
 
-    for url in ("http://169.254.169.254/latest/meta-data", "https://example.com/a.png", "http://10.0.0.1:8080/"):
+    policy = ImagePolicy(allowed_hosts=("127.0.0.1:8123",))
+    for url in (
+        "http://169.254.169.254/latest/meta-data",
+        "https://example.com/a.png",
+        "http://10.0.0.1:8080/",
+        "http://127.0.0.1:8124/a.png",  # the allowed host on another port
+        "http://127.0.0.1/a.png",  # default port 80
+        "https://127.0.0.1:8123@evil.example/a.png",  # userinfo that looks like the pair
+    ):
         with pytest.raises(ImageError) as info:
-            asyncio.run(fetch_http(url, ImagePolicy(), ExplodingSession()))  # type: ignore[arg-type]
-        assert info.value.status == 403
+            asyncio.run(fetch_http(url, policy, ExplodingSession()))  # type: ignore[arg-type]
+        assert (info.value.status, str(info.value)) == (400, FETCH_REFUSED)
 
 
 def test_http_oversized_with_content_length() -> None:
@@ -482,11 +526,10 @@ def test_http_oversized_with_content_length() -> None:
     async def exact(_: web.Request) -> web.Response:
         return web.Response(body=b"x" * 1000)
 
-    policy = ImagePolicy(max_bytes=1000)
-    result, _ = run_fetch({"/big": big}, "/big", policy)
+    result, _ = run_fetch({"/big": big}, "/big", max_bytes=1000)
     assert isinstance(result, ImageError)
     assert result.status == 413
-    result, _ = run_fetch({"/exact": exact}, "/exact", policy)
+    result, _ = run_fetch({"/exact": exact}, "/exact", max_bytes=1000)
     assert result == b"x" * 1000
 
 
@@ -502,14 +545,14 @@ def test_http_oversized_chunked_stream() -> None:
         await resp.write_eof()
         return resp
 
-    result, _ = run_fetch({"/s": stream}, "/s", ImagePolicy(max_bytes=1000))
+    result, _ = run_fetch({"/s": stream}, "/s", max_bytes=1000)
     assert isinstance(result, ImageError)
     assert result.status == 413
-    result, _ = run_fetch({"/s": stream}, "/s", ImagePolicy(max_bytes=3200))
+    result, _ = run_fetch({"/s": stream}, "/s", max_bytes=3200)
     assert result == b"y" * 3200
 
 
-def test_http_timeout_408() -> None:
+def test_http_timeout_is_the_same_refusal() -> None:
     async def main() -> ImageError | bytes:
         gate = asyncio.Event()
 
@@ -519,7 +562,7 @@ def test_http_timeout_408() -> None:
 
         async with serve({"/slow": slow}) as (base, _), aiohttp.ClientSession() as session:
             try:
-                return await fetch_http(base + "/slow", ImagePolicy(fetch_timeout_s=0.05), session)
+                return await fetch_http(base + "/slow", pair_policy(base, fetch_timeout_s=0.05), session)
             except ImageError as exc:
                 return exc
             finally:
@@ -527,15 +570,13 @@ def test_http_timeout_408() -> None:
 
     result = asyncio.run(main())
     assert isinstance(result, ImageError)
-    assert result.status == 408
-    assert "timed out" in str(result)
+    assert (result.status, str(result)) == (400, FETCH_REFUSED)
 
 
 def test_http_error_status() -> None:
-    result, _ = run_fetch({}, "/missing.png", ImagePolicy())
+    result, _ = run_fetch({}, "/missing.png")
     assert isinstance(result, ImageError)
-    assert result.status == 400
-    assert "HTTP 404" in str(result)
+    assert (result.status, str(result)) == (400, FETCH_REFUSED)
 
 
 def test_http_redirect_not_followed() -> None:
@@ -549,9 +590,9 @@ def test_http_redirect_not_followed() -> None:
         hits_after.append("target")
         return web.Response(body=make_image("PNG"))
 
-    result, hits = run_fetch({"/r": redirect, "/target": target}, "/r", ImagePolicy())
+    result, hits = run_fetch({"/r": redirect, "/target": target}, "/r")
     assert isinstance(result, ImageError)
-    assert "HTTP 302" in str(result)
+    assert (result.status, str(result)) == (400, FETCH_REFUSED)  # no "HTTP 302" vs "cannot connect" oracle
     assert hits == ["/r"]
     assert hits_after == []
 
@@ -565,9 +606,8 @@ def test_http_connection_refused() -> None:
         await server.wait_closed()
         async with aiohttp.ClientSession() as session:
             with pytest.raises(ImageError) as info:
-                await fetch_http(f"http://127.0.0.1:{port}/a.png", ImagePolicy(), session)
+                await fetch_http(f"http://127.0.0.1:{port}/a.png", ImagePolicy(allowed_hosts=("loopback",)), session)
             return info.value
 
     err = asyncio.run(main())
-    assert err.status == 400
-    assert "failed" in str(err)
+    assert (err.status, str(err)) == (400, FETCH_REFUSED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,18 @@ def make(
 
 
 def resolve(r: ImageResolver, url: str, uuid: str | None = None) -> ResolvedImage:
-    return asyncio.run(r.resolve(ImagePart(url=url, uuid=uuid)))
+    """What the engine does for an accepted request: resolve, then analyse; returns the memo's facts."""
+
+    async def main() -> ResolvedImage:
+        image = await r.resolve(ImagePart(url=url, uuid=uuid))
+        await r.analysis(image)
+        return ResolvedImage(image.hash, r._by_content.get(image.facts.content_hash) or image.facts, url)
+
+    return asyncio.run(main())
+
+
+def resolve_only(r: ImageResolver, url: str) -> ResolvedImage:
+    return asyncio.run(r.resolve(ImagePart(url=url)))
 
 
 def test_data_url_hash_and_facts(geometry: ImageGeometry) -> None:
@@ -126,17 +138,78 @@ def test_repeated_data_url_skips_the_decode(geometry: ImageGeometry, monkeypatch
     assert loads == [url]
 
 
-def test_repeated_mmfile_ref_is_not_read_again(geometry: ImageGeometry, tmp_path: Path) -> None:
+def test_repeated_mmfile_ref_is_not_read_again(geometry: ImageGeometry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assets = AssetStore(tmp_path / "assets")
     ref = assets.put(RED)
     r, _ = make(geometry, assets)
     first = resolve(r, ref)
-    (assets.src / ref.removeprefix("mmfile://")).unlink()  # content-addressed: the memo may answer
+    reads: list[str] = []
+    real = assets.read_stamped
+    monkeypatch.setattr(assets, "read_stamped", lambda *a: reads.append(a[0]) or real(*a))
     assert resolve(r, ref).hash == first.hash
-    r2, _ = make(geometry, assets)
+    assert reads == []  # the source is unchanged (same stamp): the memo answers
+    (assets.src / ref.removeprefix("mmfile://")).unlink()  # a memo never outlives its source
+    for resolver in (r, make(geometry, assets)[0]):
+        with pytest.raises(ImageError) as err:
+            resolve(resolver, ref)
+        assert err.value.status == 404
+
+
+@pytest.mark.parametrize("fresh_process", [False, True])
+def test_replaced_source_is_verified_again_not_vouched_for(
+    geometry: ImageGeometry, tmp_path: Path, fresh_process: bool
+) -> None:
+    """A source swapped after its facts were written (memo or derived file): read, verified, refused (409)."""
+    assets = AssetStore(tmp_path / "assets")
+    ref = assets.put(RED)
+    r, _ = make(geometry, assets)
+    resolve(r, ref)
+    assert list(assets.derived.glob("*.facts.json"))
+    path = assets.src / ref.removeprefix("mmfile://")
+    tmp = path.with_name("swap")
+    tmp.write_bytes(GREEN)
+    os.replace(tmp, path)
+    resolver = make(geometry, assets)[0] if fresh_process else r
     with pytest.raises(ImageError) as err:
-        resolve(r2, ref)
-    assert err.value.status == 404
+        resolve(resolver, ref)
+    assert err.value.status == 409
+
+
+def test_symlinked_asset_is_refused_even_with_derived_facts(geometry: ImageGeometry, tmp_path: Path) -> None:
+    assets = AssetStore(tmp_path / "assets")
+    ref = assets.put(RED)
+    r, _ = make(geometry, assets)
+    resolve(r, ref)
+    path = assets.src / ref.removeprefix("mmfile://")
+    real = path.with_name("real")
+    os.replace(path, real)
+    path.symlink_to(real)
+    with pytest.raises(ImageError) as err:
+        resolve(make(geometry, assets)[0], ref)
+    assert err.value.status == 403
+
+
+def test_resolve_never_analyses_and_analysis_runs_once(geometry: ImageGeometry) -> None:
+    """Cheap facts first: ``resolve`` reads the header only; the decode waits for ``analysis``."""
+    r, analyzer = make(geometry)
+    image = resolve_only(r, data_url(GREEN))
+    assert analyzer.calls == [] and image.facts.extra is None and image.data == GREEN
+    assert asyncio.run(r.analysis(image)) == {"n": 1}
+    again = resolve_only(r, data_url(GREEN))
+    assert again.facts.extra == {"n": 1}  # the memo now carries the analysis
+    assert asyncio.run(r.analysis(again)) == {"n": 1}
+    assert len(analyzer.calls) == 1
+
+
+def test_analysis_failure_is_a_400(geometry: ImageGeometry) -> None:
+    def explode(data: bytes) -> None:
+        raise SyntaxError("broken PNG chunk")
+
+    r = ImageResolver(MODEL, geometry, ImagePolicy(), analyze=explode)
+    image = resolve_only(r, data_url(RED))
+    with pytest.raises(ImageError) as err:
+        asyncio.run(r.analysis(image))
+    assert err.value.status == 400
 
 
 def test_uuid_overrides_hash_but_facts_are_shared(geometry: ImageGeometry) -> None:
