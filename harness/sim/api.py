@@ -15,19 +15,23 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from harness.contract import escape_log
 from harness.mm import tokenizer
 from harness.server.openai import (
+    MAX_BODY_BYTES,
     QUIET_PATHS,
     REQUEST_ID_HEADER,
     SERVED_BY_HEADER,
     SSE_DONE,
     ApiError,
     api_middleware,
+    error_body,
     json_response,
     read_json_object,
     sse_event,
 )
 from harness.sim.engine import Request
+from harness.sim.params import lax_bool
 from harness.sim.service import Rendered, SimWorker
 
 log = logging.getLogger("harness.sim.worker")
@@ -63,8 +67,8 @@ def _log_request(worker: SimWorker, request: web.Request, status: int, seconds: 
     log.info(
         "request_id=%s %s %s status=%d prompt_tokens=%s cached_tokens=%s completion_tokens=%s latency_ms=%.2f",
         request["rid"],
-        request.method,
-        request.path,
+        escape_log(request.method),
+        escape_log(request.path),
         status,
         s.get("prompt_tokens", "-"),
         s.get("cached_tokens", "-"),
@@ -74,7 +78,10 @@ def _log_request(worker: SimWorker, request: web.Request, status: int, seconds: 
 
 
 async def health(request: web.Request) -> web.Response:
-    if not request.app[WORKER].ready:
+    worker = request.app[WORKER]
+    if worker.engine_error is not None:  # the engine loop died: this worker serves nothing any more
+        return web.Response(status=503, text="engine dead")
+    if not worker.ready:
         return web.Response(status=503, text="starting")
     return web.Response(status=200)
 
@@ -100,7 +107,13 @@ def _usage(req: Request, details: bool) -> dict[str, Any]:
         "completion_tokens": completion,
     }
     if details:  # like vLLM, only with --enable-prompt-tokens-details
-        usage["prompt_tokens_details"] = {"cached_tokens": max(req.num_cached_tokens, 0)}
+        # vLLM 0.33 (_make_prompt_tokens_details in vllm/entrypoints/openai/chat_completion/serving.py): an object
+        # whenever the engine reported a count, 0 included, with the placeholder tokens per modality; releases
+        # before it sent null when nothing was cached, which the gate reads as 0.
+        prompt_details: dict[str, Any] = {"cached_tokens": max(req.num_cached_tokens, 0)}
+        if req.prompt.mm_items:
+            prompt_details["multimodal_tokens"] = {"image": req.prompt.num_image_tokens}
+        usage["prompt_tokens_details"] = prompt_details
     return usage
 
 
@@ -114,12 +127,6 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     if opts is not None and not stream:
         raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
     return bool(opts.get("include_usage", False)) if isinstance(opts, dict) else False
-
-
-async def _wait_finished(req: Request) -> None:
-    while not req.finished:
-        await req.changed.wait()
-        req.changed.clear()
 
 
 def _completion_payload(w: SimWorker, req: Request, chat: bool, model_name: str) -> dict[str, Any]:
@@ -152,7 +159,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     try:
         if stream:
             return await _stream(request, w, req, chat, model_name, include_usage)
-        await _wait_finished(req)
+        await w.wait_finished(req)  # ApiError 503 if the engine loop dies meanwhile
     finally:
         w.abort(req)  # no-op once finished; a client gone mid-request frees its blocks
         stats["cached_tokens"] = max(req.num_cached_tokens, 0)
@@ -190,24 +197,34 @@ async def _stream(
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
-    if chat:
-        await resp.write(chunk([choice("", None, first=True)]))
     sent = 0
+    role_sent = not chat
     while True:
         if sent == len(req.outputs) and not req.finished:
             await req.changed.wait()
             req.changed.clear()
         new = req.outputs[sent:]
-        if new:
+        if new or req.finished:
             buf = bytearray()
+            if not role_sent:
+                # vLLM sends the role chunk on the first engine output, i.e. with the first token after prefill
+                # (chat_completion_stream_generator in vllm/entrypoints/openai/chat_completion/serving.py), so a
+                # client timing TTFT from the first chunk reads the real TTFT.
+                buf += chunk([choice("", None, first=True)])
+                role_sent = True
             for i, tid in enumerate(new):
                 last = req.finished and sent + i + 1 == len(req.outputs)
                 text = "" if tid == tokenizer.EOS_TOKEN_ID else tokenizer.decode((tid,))
                 buf += chunk([choice(text, req.finish_reason if last else None)])
             sent += len(new)
-            await resp.write(bytes(buf))
+            if buf:
+                await resp.write(bytes(buf))
         if req.finished and sent == len(req.outputs):
             break
+    if w.engine_error is not None:  # the engine died mid-stream: say so in-band, and no [DONE]
+        await resp.write(sse_event(error_body(ApiError(503, f"The engine is dead: {w.engine_error}"))))
+        await resp.write_eof()
+        return resp
     if include_usage:
         await resp.write(chunk([], _usage(req, w.cfg.enable_prompt_tokens_details)))
     await resp.write(SSE_DONE)
@@ -297,7 +314,7 @@ async def load_lora(request: web.Request) -> web.Response:
     name, path = body.get("lora_name"), body.get("lora_path")
     if not isinstance(name, str) or not isinstance(path, str):
         raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.", "lora_name")
-    w.loras.load(name, path)
+    w.loras.load(name, path, load_inplace=lax_bool(body, "load_inplace"))
     return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
 
@@ -318,7 +335,7 @@ def build_app(worker: SimWorker) -> web.Application:
         before=lambda request: _fault_injection(worker, request),
         finished=lambda request, status, seconds: _log_request(worker, request, status, seconds),
     )
-    app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY_BYTES)
     app[WORKER] = worker
     app.router.add_get("/health", health)
     app.router.add_get("/ping", health)

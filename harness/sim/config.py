@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.mm.hashing import DEFAULT_BLOCK_SIZE
 from harness.mm.options import MMOptions, add_mm_arguments, json_object, pop_mm_options
+from harness.sim.degrade import parse_modes
 
 
 @dataclass
@@ -39,6 +40,7 @@ class WorkerConfig:
     kv_events_config: dict[str, Any] = field(default_factory=dict)
     # LoRA
     enable_lora: bool = False
+    max_loras: int = 4
     max_lora_rank: int = 64
     lora_modules: list[tuple[str, str]] = field(default_factory=list)
     # Simulated GPU
@@ -49,6 +51,8 @@ class WorkerConfig:
     crash_after: int | None = None
     error_rate: float = 0.0
     seed: int = 0
+    #: TEST-ONLY engine degradations (``harness.sim.degrade``); empty in any real use.
+    degrade: frozenset[str] = frozenset()
     # Logging
     disable_log_requests: bool = False
     log_level: str = "info"
@@ -118,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mm_arguments(p)
     lo = p.add_argument_group("LoRA")
     lo.add_argument("--enable-lora", action="store_true")
-    lo.add_argument("--max-loras", type=int, default=4, help="accepted for vLLM parity")
+    lo.add_argument("--max-loras", type=int, default=d.max_loras, help="the max_lora label of vllm:lora_requests_info")
     lo.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank)
     lo.add_argument("--max-cpu-loras", type=int, default=None, help="accepted for vLLM parity")
     lo.add_argument("--lora-modules", type=_lora_module, nargs="+", default=[])
@@ -135,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--crash-after", type=int, default=None, help="exit abruptly on request N+1")
     f.add_argument("--error-rate", type=_fraction, default=0.0, help="fraction of requests answered 500")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--degrade", action="append", default=[], help=argparse.SUPPRESS)  # test-only: sim/degrade.py
     p.add_argument("--disable-log-requests", action="store_true")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -143,10 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     ns = build_parser().parse_args(argv)
     values = vars(ns)
-    for ignored in ("enable_prefix_caching", "enforce_eager", "max_cpu_loras", "max_loras"):  # parity only
+    for ignored in ("enable_prefix_caching", "enforce_eager", "max_cpu_loras"):  # parity only
         values.pop(ignored)
     if values["sim_gpu_index"] is None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
         values["sim_gpu_index"] = int(visible) if visible.isdigit() else 0
     mm = pop_mm_options(values)
+    try:
+        values["degrade"] = parse_modes(values["degrade"])
+    except ValueError as exc:
+        raise SystemExit(f"--degrade: {exc}") from None
     return WorkerConfig(**values, mm=mm)

@@ -1,9 +1,12 @@
 """Continuous batching over the paged KV cache, with simulated step times.
 
-The loop mirrors vLLM V1's scheduler at the level a router can observe: running requests first (decode one
-token, or continue a chunked prefill), then waiting requests admitted FIFO while ``max_num_seqs`` and the
-``max_num_batched_tokens`` budget allow and the cache has blocks for their prompt. A decode that finds no free
-block preempts the most recently admitted request, which later recomputes. With delays disabled
+The loop mirrors vLLM V1's scheduler (``vllm/v1/core/sched/scheduler.py``) at the level a router can observe:
+running requests first (decode one token, or continue a chunked prefill), then waiting requests admitted FIFO
+while ``max_num_seqs`` and the ``max_num_batched_tokens`` budget allow and the cache has blocks for the tokens
+scheduled this step. Blocks are allocated as ``kv_cache_manager.allocate_slots`` does: for the computed tokens plus
+the ones scheduled now, so a prompt holds blocks for its prefill chunk and a request grows one block at a time as
+it decodes. A running request that finds no free block preempts the most recently admitted one, which later
+recomputes. With delays disabled
 (``speedup 0``) a request's whole decode completes in the step that finishes its prefill, so one worker
 answers thousands of requests per second and never limits a load test.
 """
@@ -82,6 +85,9 @@ class Request:
     num_computed: int = 0
     prefill_target: int = 0
     outputs: list[int] = field(default_factory=list)
+    #: Prompt then output token ids, one list kept as tokens arrive (vLLM's ``Request.all_token_ids``).
+    all_token_ids: list[int] = field(default_factory=list)
+    scheduled_time: float | None = None
     image_tokens_to_encode: int = 0
     first_token_time: float | None = None
     last_token_time: float | None = None
@@ -132,7 +138,8 @@ class Engine:
         self.hooks = hooks or EngineHooks()
         self.clock = clock
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        #: Admission order; a dict, so membership and removal are O(1) inside the scheduling loop.
+        self.running: dict[Request, None] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.num_steps = 0
@@ -141,6 +148,11 @@ class Engine:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="engine-loop")
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The engine loop's task, for its owner to supervise (``SimWorker``: a dead loop fails its requests)."""
+        return self._task
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -155,6 +167,7 @@ class Engine:
             req.prompt.token_ids, self.block_size, req.prompt.mm_items, req.key_ctx, extras_out=req.block_extras
         )
         req.prefill_target = req.prompt_len
+        req.all_token_ids = list(req.prompt.token_ids)
         self.waiting.append(req)
         self._wakeup.set()
 
@@ -190,7 +203,7 @@ class Engine:
         if aborted:
             self.waiting = deque(r for r in self.waiting if not r.aborted)
         for req in [r for r in self.running if r.aborted]:
-            self.running.remove(req)
+            del self.running[req]
             self._release(req)
             aborted.append(req)
         now = self.clock()
@@ -198,83 +211,99 @@ class Engine:
             if not req.finished:
                 req.finish_reason, req.finish_time = "abort", now
                 self.hooks.on_finished(req, now)
+                req.changed.set()
+
+    def _slots_after(self, req: Request, n: int) -> int:
+        """Tokens whose KV must have a slot once ``n`` more are computed this step.
+
+        Without delays (``speedup 0``) the step that completes a prefill also runs the whole decode, so it needs
+        room for every output token but the last, whose KV is never computed.
+        """
+        total = req.num_computed + n
+        if not self.timing.realtime and total >= req.prefill_target:
+            total = max(total, req.prompt_len + len(req.plan.token_ids) - 1)
+        return total
 
     def _schedule(self) -> tuple[list[tuple[Request, int]], int, int, int]:
         budget = self.max_num_batched_tokens
         scheduled: list[tuple[Request, int]] = []
         prefill = images = decodes = 0
-        for req in list(self.running):
-            if req not in self.running:  # preempted by an earlier request in this pass
+        running = self.running
+        for req in list(running):
+            if req not in running:  # preempted by an earlier request in this pass
                 continue
             if req.num_computed < req.prefill_target:
                 n = min(req.prefill_target - req.num_computed, budget)
-                if n > 0:
+                if n > 0 and self._reserve(req, self._slots_after(req, n)):
                     budget -= n
                     prefill += n
                     scheduled.append((req, n))
                 continue
-            if budget <= 0 or not self._reserve_decode(req):
+            if budget <= 0 or not self._reserve(req, req.prompt_len + len(req.outputs)):
                 continue
             budget -= 1
             decodes += 1
             scheduled.append((req, 0))
-        while self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
+        while self.waiting and len(running) < self.max_num_seqs and budget > 0:
             req = self.waiting[0]
-            if not self._admit(req):
+            n = self._admit(req, budget)
+            if n == 0:
                 break
             self.waiting.popleft()
-            self.running.append(req)
-            n = min(req.prefill_target - req.num_computed, budget)
+            running[req] = None
             budget -= n
             prefill += n
             images += req.image_tokens_to_encode
             scheduled.append((req, n))
         return scheduled, prefill, images, decodes
 
-    def _admit(self, req: Request) -> bool:
-        """Look up cached blocks and allocate the rest of the prompt's; False if the cache is full."""
-        max_hit_blocks = (req.prompt_len - 1) // self.block_size
+    def _admit(self, req: Request, budget: int) -> int:
+        """Look up cached blocks and allocate slots for the first chunk; the chunk's size, 0 if the cache is full.
+
+        ``allocate_slots`` (``vllm/v1/core/kv_cache_manager.py``) allocates for the computed tokens plus those
+        scheduled now, never the whole request up front.
+        """
+        max_hit_blocks = (req.prefill_target - 1) // self.block_size
         hits = self.pool.longest_cached_prefix(req.block_hashes, max_hit_blocks)
-        lifetime = req.prefill_target
-        if not self.timing.realtime:  # the whole decode happens in this step
-            lifetime = req.prompt_len + len(req.plan.token_ids) - 1
-        need = max(0, math.ceil(lifetime / self.block_size) - len(hits))
+        cached = len(hits) * self.block_size
+        req.num_computed = cached
+        n = min(req.prefill_target - cached, budget)
+        need = max(0, math.ceil(self._slots_after(req, n) / self.block_size) - len(hits))
         # Hits sitting in the free queue are not allocatable once touched.
         free_hits = sum(1 for b in hits if b.ref_cnt == 0)
         if need > self.pool.num_free - free_hits:
-            return False
+            req.num_computed = 0
+            return 0
         self.pool.touch(hits)
         new = self.pool.allocate(need)
         assert new is not None
         req.blocks = hits + new
         req.num_published = len(hits)
-        cached = len(hits) * self.block_size
-        req.num_computed = cached
-        first_time = req.num_cached_tokens < 0
-        if first_time:
+        if req.num_cached_tokens < 0:  # first scheduling decides what the response reports
             req.num_cached_tokens = cached
+            req.scheduled_time = self.clock()
             self.pool.stats.queries += req.prompt_len
             self.pool.stats.hits += cached
             self.hooks.on_scheduled(req)
         req.image_tokens_to_encode = sum(it.length for it in req.prompt.mm_items if it.offset + it.length > cached)
-        return True
+        return n
 
-    def _reserve_decode(self, req: Request) -> bool:
-        """Make room for one more token's KV, preempting the newest request if the pool is dry."""
-        need_tokens = req.prompt_len + len(req.outputs)
-        while math.ceil(need_tokens / self.block_size) > len(req.blocks):
-            new = self.pool.allocate(1)
+    def _reserve(self, req: Request, num_tokens: int) -> bool:
+        """Grow ``req`` to slots for ``num_tokens`` tokens, preempting the newest running request while the pool
+        is dry (``Scheduler.schedule`` in ``vllm/v1/core/sched/scheduler.py``); False if ``req`` itself went."""
+        while math.ceil(num_tokens / self.block_size) > len(req.blocks):
+            new = self.pool.allocate(math.ceil(num_tokens / self.block_size) - len(req.blocks))
             if new is not None:
                 req.blocks.extend(new)
                 continue
-            victim = self.running[-1]
+            victim = next(reversed(self.running))
             self._preempt(victim)
             if victim is req:
                 return False
         return True
 
     def _preempt(self, req: Request) -> None:
-        self.running.remove(req)
+        del self.running[req]
         self._release(req)
         req.num_computed = 0
         req.prefill_target = req.prompt_len + len(req.outputs)
@@ -288,8 +317,9 @@ class Engine:
 
     def _complete(self, scheduled: Sequence[tuple[Request, int]]) -> None:
         now = self.clock()
+        running = self.running
         for req, n in scheduled:
-            if req.aborted or req.finished or req not in self.running:
+            if req.aborted or req.finished or req not in running:
                 continue
             if n:
                 req.num_computed += n
@@ -303,18 +333,20 @@ class Engine:
 
     def _emit(self, req: Request, k: int, now: float) -> None:
         start = len(req.outputs)
-        req.outputs.extend(req.plan.token_ids[start : start + k])
+        new = req.plan.token_ids[start : start + k]
+        req.outputs.extend(new)
+        req.all_token_ids.extend(new)
         gap = None if req.last_token_time is None else now - req.last_token_time
         if req.first_token_time is None:
             req.first_token_time = now
         req.last_token_time = now
-        req.num_computed = req.prompt_len + len(req.outputs) - 1  # the newest token has no KV yet
+        req.num_computed = len(req.all_token_ids) - 1  # the newest token has no KV yet
         self.hooks.on_token(req, now, k, gap)
         self._publish(req)
         if len(req.outputs) >= len(req.plan.token_ids):
             req.finish_reason = req.plan.finish_reason
             req.finish_time = now
-            self.running.remove(req)
+            del self.running[req]
             self._release(req)
             self.hooks.on_finished(req, now)
         req.changed.set()
@@ -325,33 +357,27 @@ class Engine:
         full = min(computed // self.block_size, len(req.blocks))
         if full <= req.num_published:
             return
+        tokens = req.all_token_ids
         if full > len(req.block_hashes):
-            tokens = req.prompt.token_ids + req.outputs
             parent = req.block_hashes[-1] if req.block_hashes else NONE_HASH
-            need = full - len(req.block_hashes)
-            extras: list[tuple[object, ...] | None] = []
-            new = block_hashes(
-                tokens[: full * self.block_size],
-                self.block_size,
-                req.prompt.mm_items,
-                req.key_ctx,
-                start_block=len(req.block_hashes),
-                parent=parent,
-                extras_out=extras,
+            req.block_hashes.extend(
+                block_hashes(
+                    tokens[: full * self.block_size],
+                    self.block_size,
+                    req.prompt.mm_items,
+                    req.key_ctx,
+                    start_block=len(req.block_hashes),
+                    parent=parent,
+                    extras_out=req.block_extras,
+                )
             )
-            req.block_hashes.extend(new[:need])
-            req.block_extras.extend(extras[:need])
         lo = req.num_published
-        parent = req.block_hashes[lo - 1] if lo else None
         bs = self.block_size
-        tokens = req.prompt.token_ids[lo * bs : full * bs]
-        if len(tokens) < (full - lo) * bs:
-            tokens = (req.prompt.token_ids + req.outputs)[lo * bs : full * bs]
         self.pool.cache_blocks(
             req.blocks[lo:full],
             req.block_hashes[lo:full],
-            tokens,
-            parent,
+            tokens[lo * bs : full * bs],
+            req.block_hashes[lo - 1] if lo else None,
             req.key_ctx.lora_name,
             req.block_extras[lo:full],
         )

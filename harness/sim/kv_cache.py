@@ -5,6 +5,11 @@ the chain of block hashes from the start and stop at the first miss, capped so t
 always recomputed. Freed blocks keep their hash and go to the tail of an LRU free queue, a request's blocks
 tail-first, so the ends of chains are evicted before their heads; a cache hit takes a block back out of the
 queue. The cached tokens a response reports are therefore computed from real state, never invented.
+
+Like vLLM the cache does not de-duplicate: two requests that compute the same block concurrently both cache it
+under the same hash (a lookup takes the oldest), both appear in ``BlockStored`` events, and each eviction sends
+its own ``BlockRemoved`` even while another block with that hash stays cached (``BlockHashToBlockMap`` and
+``_maybe_evict_cached_block`` in ``vllm/v1/core/block_pool.py``). An event consumer must count, not keep a set.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ class BlockPool:
         self.blocks = [Block(i) for i in range(num_blocks)]
         # Insertion order is eviction order: the first key is the least recently freed block.
         self.free: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self.blocks)
-        self.cached: dict[int, Block] = {}
+        #: hash -> {block id: block}, oldest first: duplicates are cached too, as in vLLM.
+        self.cached: dict[int, dict[int, Block]] = {}
         self.stats = CacheStats()
         self._on_event = on_event
 
@@ -65,10 +71,15 @@ class BlockPool:
         """Fraction of blocks held by running requests (vLLM's ``kv_cache_usage_perc``)."""
         return 1.0 - len(self.free) / self.num_blocks
 
+    def cached_block(self, block_hash: int) -> Block | None:
+        """The block a lookup of ``block_hash`` hits: the oldest one cached under it (vLLM's ``get_one_block``)."""
+        blocks = self.cached.get(block_hash)
+        return next(iter(blocks.values())) if blocks else None
+
     def longest_cached_prefix(self, block_hashes: Sequence[int], max_blocks: int) -> list[Block]:
         hits: list[Block] = []
         for h in block_hashes[:max_blocks]:
-            block = self.cached.get(h)
+            block = self.cached_block(h)
             if block is None:
                 break
             hits.append(block)
@@ -83,23 +94,26 @@ class BlockPool:
             block.ref_cnt += 1
 
     def allocate(self, n: int) -> list[Block] | None:
-        """``n`` blocks from the head of the free queue, evicting their cached content; None if short."""
+        """``n`` blocks from the head of the free queue, evicting their cached content; None if short.
+
+        Each evicted block sends its own ``BlockRemoved`` (``_maybe_evict_cached_block`` in
+        ``vllm/v1/core/block_pool.py``)."""
         if n > len(self.free):
             return None
         out = []
-        removed: list[int] = []
         for _ in range(n):
             _, block = self.free.popitem(last=False)
-            if block.block_hash is not None:
-                if self.cached.get(block.block_hash) is block:
-                    del self.cached[block.block_hash]
-                    removed.append(block.block_hash)
+            h = block.block_hash
+            if h is not None:
+                holders = self.cached.get(h)
+                if holders is not None and holders.pop(block.block_id, None) is not None:
+                    if not holders:
+                        del self.cached[h]
+                    self.stats.evictions += 1
+                    self._emit(BlockRemoved((h,)))
                 block.block_hash = None
             block.ref_cnt = 1
             out.append(block)
-        if removed:
-            self.stats.evictions += len(removed)
-            self._emit(BlockRemoved(tuple(removed)))
         return out
 
     def cache_blocks(
@@ -111,42 +125,29 @@ class BlockPool:
         lora_name: str | None = None,
         extra_keys: Sequence[tuple[object, ...] | None] | None = None,
     ) -> None:
-        """Publish full blocks under their hashes. A hash already cached by another block stays with it.
+        """Publish newly full blocks under their hashes, as one ``BlockStored`` (``cache_full_blocks``).
 
         ``token_ids`` holds the blocks' tokens (``block_size`` each) and ``parent`` the hash before the first
-        block. One ``BlockStored`` goes out per run of newly stored blocks, with that run's own parent and
-        tokens, so skipped duplicates never leave an event's hashes misaligned with its parent and tokens.
+        block. A hash another block already holds is cached a second time, not skipped: vLLM keeps block ids
+        stable (block tables are append-only) and so never de-duplicates.
         """
-        runs: list[tuple[int, int | None, list[int]]] = []  # (first index, parent hash, stored hashes)
-        prev = parent
-        extend = False
-        for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
-            if block.block_hash is not None or h in self.cached:
-                # Already published, or duplicate content computed concurrently: vLLM keeps the first block too.
-                extend = False
-            else:
-                block.block_hash = h
-                self.cached[h] = block
-                if extend:
-                    runs[-1][2].append(h)
-                else:
-                    runs.append((i, prev, [h]))
-                    extend = True
-            prev = h
-        if self._on_event is None:
+        for block, h in zip(blocks, hashes, strict=True):
+            if block.block_hash is not None:
+                raise ValueError(f"block {block.block_id} is already cached")  # vLLM asserts the same
+            block.block_hash = h
+            self.cached.setdefault(h, {})[block.block_id] = block
+        if self._on_event is None or not blocks:
             return
-        bs = self.block_size
-        for start, run_parent, stored in runs:
-            self._emit(
-                BlockStored(
-                    block_hashes=tuple(stored),
-                    parent_block_hash=run_parent,
-                    token_ids=tuple(token_ids[start * bs : (start + len(stored)) * bs]),
-                    block_size=bs,
-                    lora_name=lora_name,
-                    extra_keys=tuple(extra_keys[start : start + len(stored)]) if extra_keys is not None else None,
-                )
+        self._emit(
+            BlockStored(
+                block_hashes=tuple(hashes),
+                parent_block_hash=parent,
+                token_ids=tuple(token_ids[: len(hashes) * self.block_size]),
+                block_size=self.block_size,
+                lora_name=lora_name,
+                extra_keys=tuple(extra_keys) if extra_keys is not None else None,
             )
+        )
 
     def free_blocks(self, ordered: Iterable[Block]) -> None:
         """Release blocks in the given order; pass a request's blocks reversed so tails evict first."""
@@ -159,8 +160,9 @@ class BlockPool:
         """Drop every cached hash; refuses (False) while any block is in use, as vLLM does."""
         if len(self.free) != self.num_blocks:
             return False
-        for block in self.cached.values():
-            block.block_hash = None
+        for holders in self.cached.values():
+            for block in holders.values():
+                block.block_hash = None
         self.cached.clear()
         self._emit(AllBlocksCleared())
         return True

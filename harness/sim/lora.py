@@ -31,11 +31,24 @@ class LoraRegistry:
     def get(self, name: str) -> LoadedAdapter | None:
         return self.adapters.get(name)
 
-    def load(self, name: str, path: str) -> LoadedAdapter:
+    def load(self, name: str, path: str, *, load_inplace: bool = False) -> LoadedAdapter:
+        """Register ``name``; with ``load_inplace`` an adapter of that name is replaced and keeps its id.
+
+        ``LoadLoRAAdapterRequest.load_inplace`` (``vllm/entrypoints/serve/lora/protocol.py``): without it a second
+        load of a name is refused. Blocks are keyed by the name, so after an in-place reload the old weights'
+        cached blocks still hit, exactly as on vLLM.
+        """
         if not name or not path:
             raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.")
-        if name in self.adapters:
-            raise ApiError(400, f"The lora adapter '{name}' has already been loaded.", "lora_name")
+        previous = self.adapters.get(name)
+        if previous is not None and not load_inplace:
+            raise ApiError(
+                400,
+                f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, "
+                "set 'load_inplace' to True.",
+                "lora_name",
+                "InvalidUserInput",
+            )
         config_path = Path(path) / "adapter_config.json"
         if not config_path.is_file():
             raise ApiError(404, f"No adapter found for {path}", "lora_path")
@@ -50,8 +63,10 @@ class LoraRegistry:
                 f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.",
                 "lora_path",
             )
-        adapter = LoadedAdapter(name, path, rank, config.get("base_model_name_or_path"), self._next_id)
-        self._next_id += 1
+        int_id = previous.int_id if previous is not None else self._next_id
+        adapter = LoadedAdapter(name, path, rank, config.get("base_model_name_or_path"), int_id)
+        if previous is None:
+            self._next_id += 1
         self.adapters[name] = adapter
         return adapter
 

@@ -8,6 +8,7 @@ and renders requests through ``harness.mm``, exactly as the proxy does, so both 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -22,16 +23,17 @@ from harness.gpu.simulated import SimGpuRegistry
 from harness.mm import tokenizer
 from harness.mm.geometry import ImageGeometry
 from harness.mm.prompt import Prompt
-from harness.mm.request import RenderedRequest, render_request
+from harness.mm.request import RenderedRequest, render_request, text_chars
 from harness.server.kv_events import EventPublisher, KVEventsConfig
 from harness.server.openai import model_card
-from harness.sim import answers
+from harness.sim import answers, degrade
 from harness.sim.config import WorkerConfig
 from harness.sim.engine import Engine, Request, SamplingParams, plan_output
 from harness.sim.kv_cache import BlockPool
 from harness.sim.lora import LoraRegistry
 from harness.sim.metrics import EngineMetrics
 from harness.sim.model_specs import ModelSpec, model_spec
+from harness.sim.params import sampling_fields
 from harness.sim.timing import TimingModel
 
 log = logging.getLogger("harness.sim.worker")
@@ -50,7 +52,6 @@ class StartupError(RuntimeError):
 @dataclass(frozen=True)
 class Rendered:
     request: RenderedRequest
-    answer: str
 
     @property
     def prompt(self) -> Prompt:
@@ -92,7 +93,10 @@ class SimWorker:
                 f"is larger than the available KV cache memory ({self.kv_bytes / GIB:.2f} GiB). Try "
                 f"increasing --kv-cache-memory-bytes or decreasing --max-model-len."
             )
-        self.metrics = EngineMetrics(cfg.model_name)
+        self.metrics = EngineMetrics(
+            cfg.model_name, max_model_len=self.max_model_len, max_loras=cfg.max_loras if cfg.enable_lora else None
+        )
+        self.metrics.log_cache_config(self.cache_config_info())
         events_cfg = KVEventsConfig.from_json(cfg.kv_events_config)
         self.publisher = EventPublisher(events_cfg) if events_cfg else None
         self.pool = BlockPool(self.num_blocks, cfg.block_size, self.publisher.add if self.publisher else None)
@@ -117,11 +121,32 @@ class SimWorker:
         self.assets = cfg.mm.asset_store()
         self.images = cfg.mm.resolver(cfg.model, self.geometry, assets=self.assets, analyze=answers.dominant_colours)
         self.ready = False
+        #: Why the engine loop died, once it has: every request then fails (503) and /health answers 503.
+        self.engine_error: str | None = None
         self.created = int(time.time())
         self.num_requests = 0
         self.rng = random.Random(cfg.seed)
         self.gpus = SimGpuRegistry()
         self.session: aiohttp.ClientSession | None = None
+        degrade.install(self, cfg.degrade)  # test-only engine degradations; usually none
+
+    def cache_config_info(self) -> dict[str, object]:
+        """The labels of ``vllm:cache_config_info``: the ``CacheConfig`` fields (``vllm/config/cache.py``) a router
+        or the gate may read, block size first, with the values this worker runs with."""
+        cfg = self.cfg
+        return {
+            "block_size": cfg.block_size,
+            "cache_dtype": "auto",
+            "enable_prefix_caching": True,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "is_attention_free": False,
+            "kv_cache_memory_bytes": cfg.kv_cache_memory_bytes,
+            "num_cpu_blocks": None,
+            "num_gpu_blocks": self.num_blocks,
+            "num_gpu_blocks_override": cfg.num_gpu_blocks_override,
+            "prefix_caching_hash_algo": "sha256",
+            "sliding_window": None,
+        }
 
     # -- memory ------------------------------------------------------------------------------------------
     @property
@@ -142,6 +167,9 @@ class SimWorker:
         self.session = aiohttp.ClientSession()
         self.images.session = self.session
         self.engine.start()
+        task = self.engine.task
+        assert task is not None
+        task.add_done_callback(self._engine_done)
         self.publish_memory(self.spec.weights_bytes)
         if self.cfg.startup_delay > 0:
             await asyncio.sleep(self.cfg.startup_delay / 2)
@@ -169,8 +197,40 @@ class SimWorker:
             self.cfg.speedup,
         )
 
+    def _engine_done(self, task: asyncio.Task[None]) -> None:
+        """Supervision: the loop only ever ends by cancellation (``shutdown``); any other end is fatal, and the
+        requests it held would otherwise wait for tokens forever."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        self.engine_error = f"{type(exc).__name__}: {exc}" if exc is not None else "the engine loop returned"
+        self.ready = False
+        log.error(
+            "worker %s: engine loop died (%s); failing every pending request, /health answers 503",
+            self.cfg.name,
+            self.engine_error,
+            exc_info=exc,
+        )
+        for req in [*self.engine.waiting, *self.engine.running]:
+            if not req.finished:
+                req.finish_reason = "abort"
+            req.changed.set()
+
+    def check_engine(self) -> None:
+        if self.engine_error is not None:
+            raise ApiError(503, f"The engine is dead: {self.engine_error}", None, "EngineDeadError")
+
+    async def wait_finished(self, req: Request) -> None:
+        """Until ``req`` is finished; 503 when it ended because the engine loop died."""
+        while not req.finished:
+            await req.changed.wait()
+            req.changed.clear()
+        self.check_engine()
+
     async def shutdown(self) -> None:
-        await self.engine.stop()
+        with contextlib.suppress(Exception):  # a loop that died re-raises its exception here: logged already
+            await self.engine.stop()
+        self.images.close()
         if self.session is not None:
             await self.session.close()
         if self.publisher is not None:
@@ -187,30 +247,58 @@ class SimWorker:
             return model
         raise ApiError(404, f"The model `{model}` does not exist.", "model", "NotFoundError")
 
+    def check_text_size(self, body: dict[str, Any], chat: bool) -> None:
+        """Refuse text that cannot fit before tokenizing it (a 30 MB prompt tokenizes for seconds). Every token of
+        ``harness.mm.tokenizer`` covers at most ``MAX_CHUNK_BYTES`` bytes, so at most that many characters: a
+        prompt of ``n`` characters has at least ``ceil(n / MAX_CHUNK_BYTES)`` tokens."""
+        chars = text_chars(body, chat)
+        at_least = -(-chars // tokenizer.MAX_CHUNK_BYTES)
+        if at_least >= self.max_model_len:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your prompt "
+                f"contains at least {at_least} input tokens. Please reduce the length of the input messages.",
+                "messages" if chat else "prompt",
+            )
+
     async def render(self, body: dict[str, Any], chat: bool) -> Rendered:
-        """The shared pipeline (``harness.mm.request``), then the deterministic answer for what it rendered."""
+        """The shared pipeline (``harness.mm.request``): sizes checked before any tokenizing, images measured
+        from their headers; nothing is decoded here."""
+        self.check_text_size(body, chat)
         request = await render_request(
-            body, chat=chat, family=self.geometry.family, resolver=self.images, image_limit=self.cfg.mm.image_limit
+            body,
+            chat=chat,
+            family=self.geometry.family,
+            resolver=self.images,
+            image_limit=self.cfg.mm.image_limit,
+            max_prompt_chars=self.cfg.mm.max_prompt_chars,
         )
+        return Rendered(request)
+
+    async def answer(self, rendered: Rendered, chat: bool) -> str:
+        """The deterministic answer: image colours (a reduced decode, on the resolver's threads) or the text."""
+        request = rendered.request
         if request.images:
-            answer = answers.describe_images([im.facts.extra for im in request.images])
-        elif chat:
-            answer = answers.answer_text(request.last_user_text())
-        else:
-            answer = answers.answer_text(tokenizer.decode(request.prompt.token_ids))
-        return Rendered(request, answer)
+            return answers.describe_images([await self.images.analysis(im) for im in request.images])
+        if chat:
+            return answers.answer_text(request.last_user_text())
+        return answers.answer_text(tokenizer.decode(request.prompt.token_ids))
 
     async def submit(self, rid: str, body: dict[str, Any], chat: bool) -> Request:
         """Validate and render ``body`` and hand it to the engine: the whole request path short of HTTP."""
+        self.check_engine()
         lora = self.resolve_model(body)
         rendered = await self.render(body, chat)
-        params = self.sampling_params(body, rendered.prompt)
+        params = self.sampling_params(body, rendered.prompt)  # length checks: before any pixel is decoded
+        answer = await self.answer(rendered, chat)
+        self.check_engine()
         req = Request(
             request_id=rid,
             prompt=rendered.prompt,
-            plan=plan_output(rendered.answer, params),
-            key_ctx=rendered.request.key_context(lora, self.loras.adapters[lora].path if lora else None),
+            plan=plan_output(answer, params),
+            key_ctx=rendered.request.key_context(lora),  # by name only, as vLLM keys blocks
         )
+        self.metrics.observe_mm_items([it.hash for it in rendered.prompt.mm_items])
         self.engine.add_request(req)
         return req
 
@@ -255,22 +343,14 @@ class SimWorker:
         return max_tokens
 
     def sampling_params(self, body: dict[str, Any], prompt: Prompt) -> SamplingParams:
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        if max_tokens is not None and (
-            not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-        ):
-            raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens!r}.", "max_tokens")
-        n = body.get("n", 1)
-        if n != 1:
+        """The body's sampling fields, validated as vLLM's request models and ``SamplingParams`` do
+        (``harness.sim.params``), then checked against the context length."""
+        fields = sampling_fields(body)
+        if fields.n != 1:
             raise ApiError(400, "n > 1 is not supported by the simulated engine.", "n")
-        stop = body.get("stop") or ()
-        if isinstance(stop, str):
-            stop = (stop,)
-        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
-            raise ApiError(400, "stop must be a string or a list of strings.", "stop")
         return SamplingParams(
-            max_tokens=self.check_length(prompt, max_tokens),
-            stop=tuple(stop),
-            ignore_eos=bool(body.get("ignore_eos", False)),
+            max_tokens=self.check_length(prompt, fields.max_tokens),
+            stop=fields.stop,
+            ignore_eos=fields.ignore_eos,
         )
 

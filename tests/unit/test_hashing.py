@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
-import subprocess
-import sys
 from array import array
 from collections.abc import Sequence
 
@@ -57,7 +53,7 @@ def naive_block_hashes(
         start, end = b * block_size, (b + 1) * block_size
         keys: list[object] = []
         if lora:
-            keys.append(("lora", lora, None))
+            keys.append(("lora", lora))
         for it in sorted(items, key=lambda i: i.offset):
             if it.offset < end and start < it.offset + it.length:
                 keys.append(("mm", it.hash, it.offset - start))
@@ -242,7 +238,7 @@ def test_lora_key_on_every_block() -> None:
     assert all(x != y for x, y in zip(lora, other, strict=True))
     for b in range(1, 4):  # the key itself is on later blocks, not only inherited through the chain
         assert lora[b] != hash_block(lora[b - 1], ids[b * B : (b + 1) * B], None)
-        assert lora[b] == hash_block(lora[b - 1], ids[b * B : (b + 1) * B], (("lora", "sql-adapter", None),))
+        assert lora[b] == hash_block(lora[b - 1], ids[b * B : (b + 1) * B], (("lora", "sql-adapter"),))
 
 
 def test_cache_salt_only_on_first_block_but_chain_propagates() -> None:
@@ -261,7 +257,7 @@ def test_cache_salt_only_on_first_block_but_chain_propagates() -> None:
 def test_key_order_lora_mm_salt() -> None:
     ctx = BlockKeyContext(lora_name="L", cache_salt="S")
     assert block_extra_keys(0, 16, [MMItem("h", 3, 4)], ctx) == (
-        ("lora", "L", None),
+        ("lora", "L"),
         ("mm", "h", 3),
         ("cache_salt", "S"),
     )
@@ -304,27 +300,48 @@ def test_resume_with_wrong_parent_differs() -> None:
     assert block_hashes(ids, start_block=2, parent=full[0]) != full[2:]
 
 
-# ------------------------------------------------------------------------------------ cross-process
-
-
-def test_hashes_independent_of_pythonhashseed() -> None:
-    """Engine, proxy and event consumer are separate processes; no pinned PYTHONHASHSEED may be needed."""
-    code = (
-        "import json\n"
-        "from harness.mm.hashing import BlockKeyContext, block_hashes\n"
-        "from harness.mm.prompt import MMItem\n"
-        "ids = list(range(300, 400))\n"
-        "print(json.dumps(block_hashes(ids, 16, [MMItem('img', 20, 30)], BlockKeyContext('L', 'S'))))\n"
-    )
-    expected = block_hashes(list(range(300, 400)), 16, [MMItem("img", 20, 30)], BlockKeyContext("L", "S"))
-    env = {**os.environ, "PYTHONHASHSEED": "987654"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == expected
-
-
-def test_lora_path_is_part_of_the_key() -> None:
-    """A changed adapter re-registered under the same name must not hit blocks computed with the old one."""
+def test_lora_key_is_the_adapter_name_only() -> None:
+    """vLLM keys blocks by the adapter's name (``_gen_lora_extra_hash_keys`` in ``vllm/v1/core/kv_cache_utils.py``
+    returns ``[lora_request.lora_name]``): an adapter replaced under the same name hits the old blocks."""
     toks = list(range(300, 332))
     old = block_hashes(toks, 16, (), BlockKeyContext(lora_name="a", lora_path="/adapters/a@v1"))
     new = block_hashes(toks, 16, (), BlockKeyContext(lora_name="a", lora_path="/adapters/a@v2"))
-    assert old[0] != new[0] and old[1] != new[1]
+    renamed = block_hashes(toks, 16, (), BlockKeyContext(lora_name="a@v2", lora_path="/adapters/a@v2"))
+    assert old == new
+    assert renamed[0] != old[0] and renamed[1] != old[1]
+
+
+# --------------------------------------------------------------------------------- image index, early stop
+
+
+def test_no_new_full_block_returns_at_once() -> None:
+    """``request_block_hasher`` returns early when no new full block exists (``vllm/v1/core/kv_cache_utils.py``)."""
+    ids = tokens(47)
+    full = block_hashes(ids)
+    assert len(full) == 2
+    assert block_hashes(ids, start_block=2, parent=full[-1]) == []
+    assert block_hashes(ids, start_block=5, parent=full[-1]) == []
+
+
+class CountingItems(list[MMItem]):
+    """Counts element reads, to show the image walk does not rescan every image for every block."""
+
+    reads = 0
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        CountingItems.reads += 1
+        return super().__getitem__(i)
+
+
+def test_image_walk_is_linear_and_resumes_at_the_right_image() -> None:
+    """vLLM walks images with a running ``start_mm_idx`` (``_gen_mm_extra_hash_keys``): each image is visited by
+    the blocks it overlaps, not by every block."""
+    n_img = 200
+    ids = tokens(n_img * 20)
+    items = CountingItems(MMItem(f"i{k}", k * 20 + 2, 10) for k in range(n_img))
+    CountingItems.reads = 0
+    got = block_hashes(ids, 16, items)
+    assert got == naive_block_hashes(ids, 16, list(items), None, None)
+    assert CountingItems.reads < 4 * (len(ids) // 16 + n_img)  # a rescan would read ~blocks x images = 50,000
+    k = 100
+    assert block_hashes(ids, 16, items, start_block=k, parent=got[k - 1]) == got[k:]

@@ -69,7 +69,7 @@ def test_lookup_stops_at_first_miss() -> None:
     # Cache blocks 0 and 2 but not 1: block 2 is unreachable because the walk stops at the first miss.
     pool.cache_blocks([blocks[0]], [hashes[0]], tokens(BS), None)
     pool.cache_blocks([blocks[2]], [hashes[2]], tokens(BS, 1000 + 2 * BS), hashes[1])
-    assert hashes[2] in pool.cached
+    assert pool.cached_block(hashes[2]) is blocks[2]
     assert pool.longest_cached_prefix(hashes, 3) == [blocks[0]]
     # An unrelated first block misses everything.
     other = block_hashes(tokens(3 * BS, base=5000), BS)
@@ -140,7 +140,8 @@ def test_allocate_evicts_lru_head_and_emits_block_removed() -> None:
 
     got2 = pool.allocate(2)
     assert got2 == [blocks[1], blocks[2]]
-    assert events[-1] == BlockRemoved((hashes[1], hashes[2]))
+    # One BlockRemoved per evicted block, as _maybe_evict_cached_block sends them (vllm/v1/core/block_pool.py).
+    assert events[-2:] == [BlockRemoved((hashes[1],)), BlockRemoved((hashes[2],))]
     assert pool.stats.evictions == 3
 
 
@@ -167,29 +168,37 @@ def test_reversed_free_evicts_chain_tail_first() -> None:
     assert [b.block_hash for b in hits] == hashes[:2]
 
 
-def test_duplicate_hash_stays_with_first_block() -> None:
+def test_duplicate_block_is_cached_too_and_each_eviction_is_announced() -> None:
+    """vLLM does not de-duplicate (``BlockHashToBlockMap`` in ``vllm/v1/core/block_pool.py``): the same content
+    computed concurrently is cached under one hash twice, stored twice in events, looked up as the oldest block,
+    and each eviction sends its own BlockRemoved even while the other copy still serves the hash."""
     pool, events = make_pool(4)
     toks = tokens(BS)
     (h,) = block_hashes(toks, BS)
     first, second = pool.allocate(2) or []
     pool.cache_blocks([first], [h], toks, None)
     pool.cache_blocks([second], [h], toks, None)  # the same content computed concurrently
-    assert pool.cached[h] is first
-    assert first.block_hash == h
-    assert second.block_hash is None
-    assert events == [BlockStored((h,), None, tuple(toks), BS, None)]  # no event for the duplicate
+    assert pool.cached_block(h) is first
+    assert first.block_hash == h and second.block_hash == h
+    assert events == [BlockStored((h,), None, tuple(toks), BS, None)] * 2
 
-    # Freeing and reusing the duplicate must not drop the hash the first block still serves.
+    # Evicting the duplicate announces its removal; the first block still serves the hash.
     pool.free_blocks([second])
     events.clear()
     assert pool.allocate(3) is not None  # takes the two never-used blocks and then `second`
-    assert events == []
-    assert pool.cached[h] is first
+    assert events == [BlockRemoved((h,))]
+    assert pool.cached_block(h) is first
     assert pool.longest_cached_prefix([h], 1) == [first]
+    pool.free_blocks([first])
+    events.clear()
+    assert pool.allocate(1) == [first]
+    assert events == [BlockRemoved((h,))]
+    assert pool.cached_block(h) is None and h not in pool.cached
 
 
-def test_partially_duplicate_batch_event_has_correct_parent_and_tokens() -> None:
-    """Blocks skipped as duplicates must not leave the event's parent/token_ids misaligned with its hashes."""
+def test_partially_duplicate_batch_is_one_event_over_all_new_blocks() -> None:
+    """``cache_full_blocks`` sends one BlockStored over every newly full block of the request, duplicates
+    included, so parent, hashes and token_ids stay aligned."""
     pool, events = make_pool(8)
     toks = tokens(3 * BS)
     hashes = block_hashes(toks, BS)
@@ -197,15 +206,13 @@ def test_partially_duplicate_batch_event_has_correct_parent_and_tokens() -> None
     assert a is not None
     pool.cache_blocks(a, hashes[:2], toks[: 2 * BS], None)
     events.clear()
-    # A second request computed the same first two blocks concurrently plus a third one.
     b = pool.allocate(3)
     assert b is not None
     pool.cache_blocks(b, hashes, toks, None)
-    assert pool.cached[hashes[2]] is b[2]
-    assert events == [BlockStored((hashes[2],), hashes[1], tuple(toks[2 * BS :]), BS, None)]
-    for ev in events:
-        assert isinstance(ev, BlockStored)
-        assert len(ev.token_ids) == len(ev.block_hashes) * ev.block_size
+    assert pool.cached_block(hashes[0]) is a[0] and pool.cached_block(hashes[2]) is b[2]
+    assert events == [BlockStored(tuple(hashes), None, tuple(toks), BS, None)]
+    with pytest.raises(ValueError, match="already cached"):
+        pool.cache_blocks(b[:1], hashes[:1], toks[:BS], None)
 
 
 def test_reset_refuses_while_in_use_and_clears_when_free() -> None:
@@ -286,22 +293,3 @@ def test_lora_changes_every_block_hash() -> None:
     pool, _ = make_pool(8)
     cache_chain(pool, toks)
     assert pool.longest_cached_prefix(lora, 3) == []
-
-
-def test_duplicate_in_the_middle_splits_the_event() -> None:
-    pool, events = make_pool(8)
-    toks = tokens(3 * BS)
-    hashes = block_hashes(toks, BS)
-    holder = pool.allocate(1)
-    assert holder is not None
-    pool.cache_blocks(holder, [hashes[1]], toks[BS : 2 * BS], hashes[0])
-    events.clear()
-    b = pool.allocate(3)
-    assert b is not None
-    pool.cache_blocks(b, hashes, toks, None)
-    assert events == [
-        BlockStored((hashes[0],), None, tuple(toks[:BS]), BS, None),
-        BlockStored((hashes[2],), hashes[1], tuple(toks[2 * BS :]), BS, None),
-    ]
-    assert pool.cached[hashes[1]] is holder[0]
-    assert b[1].block_hash is None

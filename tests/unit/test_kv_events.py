@@ -46,12 +46,74 @@ def test_batch_default_timestamp_is_now() -> None:
     assert decoded == [CLEARED]
 
 
-def test_encoded_shape_matches_vllm() -> None:
-    assert encode_event(STORED) == ["BlockStored", [11, 12], 10, list(range(32)), 16, None, "GPU", None, None]
-    assert encode_event(REMOVED) == ["BlockRemoved", [11, 12, 13], "GPU"]
-    assert encode_event(CLEARED) == ["AllBlocksCleared"]
+def test_encoded_shape_matches_vllm_0_33_maps() -> None:
+    """vLLM 0.33 encodes events as tagged maps (PR #42892 dropped ``array_like`` from ``KVCacheEvent`` in
+    ``vllm/distributed/kv_events.py``); fields without a default are always present, defaults omitted; the batch
+    stays positional."""
+    assert encode_event(STORED) == {
+        "type": "BlockStored",
+        "block_hashes": [11, 12],
+        "parent_block_hash": 10,
+        "token_ids": list(range(32)),
+        "block_size": 16,
+        "lora_id": None,
+        "medium": "GPU",
+        "lora_name": None,
+        "group_idx": 0,
+        "kv_cache_spec_kind": "full_attention",
+    }
+    removed = {"type": "BlockRemoved", "block_hashes": [11, 12, 13], "medium": "GPU", "group_idx": 0}
+    assert encode_event(REMOVED) == removed
+    assert encode_event(CLEARED) == {"type": "AllBlocksCleared"}
     ts, events, dp_rank = msgpack.unpackb(encode_batch([REMOVED], ts=1.0, dp_rank=2))
-    assert (ts, events, dp_rank) == (1.0, [["BlockRemoved", [11, 12, 13], "GPU"]], 2)
+    assert (ts, events, dp_rank) == (1.0, [encode_event(REMOVED)], 2)
+
+
+def test_older_array_form_still_encodes_and_decodes() -> None:
+    assert encode_event(STORED, "array") == ["BlockStored", [11, 12], 10, list(range(32)), 16, None, "GPU", None, None]
+    assert encode_event(REMOVED, "array") == ["BlockRemoved", [11, 12, 13], "GPU"]
+    assert encode_event(CLEARED, "array") == ["AllBlocksCleared"]
+    events: list[KVEvent] = [STORED, STORED_LORA, REMOVED, CLEARED]
+    assert decode_batch(encode_batch(events, ts=5.0, form="array")) == (5.0, events)
+
+
+def test_decode_a_captured_vllm_map_event() -> None:
+    """The shape a vLLM 0.26 publisher sent (volcano-sh/kthena issue #1535): positional batch, map events with
+    group_idx and kv_cache_spec_kind; ``extra_keys`` one null per block."""
+    tokens = [151644, 872, 198, 9064, 374, 279, 6722, 315, 5616, 30, 151645, 198, 151644, 77091, 198, 151667]
+    raw = {
+        "type": "BlockStored",
+        "block_hashes": [15760518052499183552],
+        "parent_block_hash": None,
+        "token_ids": tokens,
+        "block_size": 16,
+        "lora_id": None,
+        "medium": "GPU",
+        "lora_name": None,
+        "extra_keys": [None],
+        "group_idx": 0,
+        "kv_cache_spec_kind": "full_attention",
+    }
+    removed = {"type": "BlockRemoved", "block_hashes": [7], "medium": "GPU", "group_idx": 0}
+    payload = msgpack.packb([1789095808.8378847, [raw, removed, {"type": "AllBlocksCleared"}, {"type": "New"}], 0])
+    ts, events = decode_batch(payload)
+    assert ts == 1789095808.8378847
+    assert events == [
+        BlockStored((15760518052499183552,), None, tuple(tokens), 16, None, (None,)),
+        BlockRemoved((7,)),
+        CLEARED,
+    ]
+
+
+def test_decode_digest_bytes_hashes_fold_to_low_64_bits() -> None:
+    """With ``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0`` vLLM sends 32-byte digests; ``maybe_convert_block_hash``
+    (``vllm/v1/core/kv_cache_utils.py``) would have sent their low 64 bits, so both name one block alike."""
+    digest = bytes(range(32))
+    low = int.from_bytes(digest, "big") & ((1 << 64) - 1)
+    raw = {"type": "BlockStored", "block_hashes": [digest], "parent_block_hash": digest, "token_ids": [1],
+           "block_size": 1, "lora_id": None, "medium": "GPU", "lora_name": None}  # fmt: skip
+    payload = msgpack.packb([0.0, [raw, {"type": "BlockRemoved", "block_hashes": [digest], "medium": "GPU"}], 0])
+    assert decode_batch(payload)[1] == [BlockStored((low,), low, (1,), 1), BlockRemoved((low,))]
 
 
 def test_unknown_tags_are_skipped() -> None:
@@ -98,7 +160,9 @@ def test_config_non_zmq_publisher_is_rejected() -> None:
 
 def test_config_defaults_and_wildcard_rewrite() -> None:
     cfg = KVEventsConfig.from_json({"enable_kv_cache_events": True})
-    assert cfg == KVEventsConfig(endpoint="tcp://127.0.0.1:5557", topic=DEFAULT_TOPIC)
+    # vLLM's default topic is empty (KVEventsConfig.topic in vllm/config/kv_events.py).
+    assert cfg == KVEventsConfig(endpoint="tcp://127.0.0.1:5557", topic=b"")
+    assert DEFAULT_TOPIC == b""
     cfg = KVEventsConfig.from_json(
         {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "tcp://*:25001", "topic": "mine"}
     )
