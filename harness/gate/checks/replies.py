@@ -38,9 +38,19 @@ class Reply:
 
     @property
     def cached_tokens(self) -> int | None:
+        """Cached prompt tokens; None when the body carries no usage block or a malformed details object.
+
+        vLLM before the 2026 usage rework sends ``prompt_tokens_details: null`` when nothing was cached
+        (``if enable_prompt_tokens_details and num_cached_tokens:`` in ``vllm/entrypoints/openai/serving_chat.py``)
+        and its streamed usage chunk drops null fields (``exclude_none=True``): a usage block whose details are
+        null or absent therefore means 0 cached tokens."""
+        if not self.usage:
+            return None
         details = self.usage.get("prompt_tokens_details")
+        if details is None:
+            return 0
         value = details.get("cached_tokens") if isinstance(details, dict) else None
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def error(self) -> str:
@@ -76,9 +86,10 @@ def response_problems(body: Any) -> list[str]:
         problems.append("no usage block")
     else:
         details = usage.get("prompt_tokens_details")
-        if not isinstance(details, dict) or not isinstance(details.get("cached_tokens"), int):
+        # null / absent details = 0 cached (older vLLM); only a details object without an integer count is broken.
+        if details is not None and (not isinstance(details, dict) or not isinstance(details.get("cached_tokens"), int)):
             problems.append(
-                "usage.prompt_tokens_details.cached_tokens is missing (vLLM needs --enable-prompt-tokens-details)"
+                "usage.prompt_tokens_details.cached_tokens is malformed (vLLM needs --enable-prompt-tokens-details)"
             )
     return problems
 

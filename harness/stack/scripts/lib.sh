@@ -107,6 +107,17 @@ gpu_for() {
   if [ "${SINGLE_GPU:-0}" = 1 ]; then echo "${devices[0]}"; else echo "${devices[$(($1 % ${#devices[@]}))]}"; fi
 }
 
+# vllm_scale_out_flag VERSION: what `vllm serve` needs to expose /v1/chat/completions/render (the offsets the gate
+# compares against). Opt-in since vLLM PR #54579 (env VLLM_ENABLE_SCALE_OUT_ENDPOINTS=1, always exported below),
+# a flag since v0.30 (PR #55176, `--enable-scale-out`, vllm/entrypoints/openai/cli_args.py); older releases
+# serve render unconditionally and reject the unknown flag, so it is passed from 0.30 on only.
+vllm_scale_out_flag() {
+  local major minor
+  IFS=. read -r major minor _ <<<"${1#v}"
+  major=${major%%[!0-9]*} minor=${minor%%[!0-9]*}
+  if [ "${major:-0}" -gt 0 ] || [ "${minor:-0}" -ge 30 ]; then echo --enable-scale-out; fi
+}
+
 # start_worker INDEX PORT: phase-1 launch of one worker for the configured backend.
 start_worker() {
   local i=$1 port=$2 gpu
@@ -127,12 +138,18 @@ start_worker() {
         "${extra[@]}"
       ;;
     vllm)
+      # HARNESS_VLLM_VERSION pins the version when `vllm --version` cannot be asked (wrappers, containers).
+      HARNESS_VLLM_VERSION=${HARNESS_VLLM_VERSION:-$(vllm --version 2>/dev/null | tail -n 1)}
+      [ -n "$HARNESS_VLLM_VERSION" ] || harness_log "vllm --version said nothing: render endpoints stay off unless" \
+        "HARNESS_VLLM_VERSION (>= 0.30 adds --enable-scale-out) or HARNESS_EXTRA_WORKER_ARGS says otherwise"
+      # shellcheck disable=SC2207
+      local scale_out=($(vllm_scale_out_flag "$HARNESS_VLLM_VERSION"))
       spawn "worker$i" env PYTHONHASHSEED=0 CUDA_VISIBLE_DEVICES="$gpu" VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 \
-        VLLM_SERVER_DEV_MODE=1 vllm serve "$HARNESS_MODEL" --host 127.0.0.1 --port "$port" \
+        VLLM_SERVER_DEV_MODE=1 VLLM_ENABLE_SCALE_OUT_ENDPOINTS=1 vllm serve "$HARNESS_MODEL" --host 127.0.0.1 --port "$port" \
         --served-model-name "$HARNESS_MODEL" --kv-cache-memory-bytes "$HARNESS_KV_CACHE_BYTES" \
         --max-model-len "$HARNESS_MAX_MODEL_LEN" --block-size "$HARNESS_BLOCK_SIZE" --enable-prefix-caching \
         --enable-prompt-tokens-details \
-        --enforce-eager --limit-mm-per-prompt '{"image":4}' "${lora[@]}" "${extra[@]}"
+        --enforce-eager --limit-mm-per-prompt '{"image":4}' "${scale_out[@]}" "${lora[@]}" "${extra[@]}"
       ;;
     *) die "unknown HARNESS_BACKEND=$HARNESS_BACKEND (sim|vllm)" ;;
   esac
