@@ -1,57 +1,109 @@
 """The multimodal routing gate: one scenario, run against any stack that follows the contracts.
 
-In order, against a running stack:
+Steps, in order (each a method of ``Gate``; the suite that runs it in brackets):
 
-1. a first request (image + question): a valid response naming the image's colours;
-2. an exact repeat: it hits the cache through the image blocks, on the same worker;
-3. the same image by the other transport (URL vs base64): it hits too, the hash being over the image's bytes;
-4. the same text with a *different* last image: no cached image blocks, and the router's record of it (if it keeps
-   records) does not claim them;
-5. a burst of concurrent repeats: they stay on the cached worker, all hitting (a router that leaves images out of
-   its key balances them away);
-6. a burst of concurrent requests with new images behind the same text: they spread (a router keyed on text
-   alone piles them onto one worker);
-7. the workers' ``/metrics``: prefix-cache hits equal what the responses reported.
+1. **calibrate** [pre_merge]: the oracle (``harness.gate.oracle``) from the declared family, processor settings
+   and block size; its formulas against published counts; probes sent straight to a worker (``prompt_tokens``
+   with and without an image, ``/tokenize`` of two chats differing in their first user text) and the worker's
+   render endpoint, each *compared* with the reference; the block size every worker reports.
+2. **first / repeat / transport / negative** [pre_merge]: a first request (answer names the colours); its exact
+   repeat hits every block but the one holding the last prompt token, on the same worker; the same image by the
+   other transport hits the same; a different last image stops the cache (and the router's record) at the block
+   before it. The repeat's prompt is padded to a whole number of blocks, so vLLM's last-token rule shows.
+3. **bursts** [pre_merge]: concurrent repeats stay on the cached worker, all hitting; concurrent new images
+   spread over the workers.
+4. **Dynamo's multimodal router suite** [pre_merge unless noted]: a staircase of 1, 2, 3 identical images; the
+   same images reversed; the same images behind a different prompt [post_merge]; only the second image differs;
+   the same picture at another resolution [post_merge]; the ``uuid`` content-part field; ``cache_salt``.
+5. **LoRA** [post_merge, LoRA payload]: base model versus adapter isolation; an adapter replaced under the same
+   name with new weights (vLLM keys blocks by adapter name only, so the old blocks are served: the gate shows it).
+6. **router** [pre_merge]: the start-up line (model and block size); router and workers agree on the block size;
+   each record keys the whole prompt as the worker counted it and claims no more than the worker had cached.
+7. **metrics** [pre_merge]: the workers' prefix-cache counters equal what the responses reported.
+8. **evidence**: every check the topology's capabilities require came back pass or fail.
 
-A working router passes everything. A degraded control must fail a *routing* check (see ``checks``): one that
-fails only on health or configuration is a broken stack, not a rejected control.
+Exact cache expectations come from a reference model of each worker's cache (what the gate sent it, rendered by
+the reference and compared block by block), so they need worker attribution and a stack that tokenizes like the
+reference; where either is missing they are n/a with that reason. A working router passes everything. A degraded
+control must fail a *routing* check (see ``checks``).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from harness.contract import parse_lora_cold_loads, parse_routing_records
-from harness.gate.checks import CheckResult
-from harness.gate.checks.prom import metrics_agree, parse_metrics
+from harness import contract as c
+from harness.contract import parse_lora_cold_loads, parse_mm_startup
+from harness.gate.attributor import Attributor
+from harness.gate.checks import CheckResult, not_applicable
+from harness.gate.checks import config as cfgchecks
+from harness.gate.checks.prom import block_size_from_metrics, metrics_agree, parse_metrics, queries_agree
 from harness.gate.checks.replies import (
     Reply,
     burst_spreads,
     burst_stays_home,
-    cached_at_least,
     cached_at_most,
+    cached_exactly,
     names_colours,
     same_worker,
+    staircase,
     valid_reply,
 )
-from harness.gate.checks.routing import record_spares_new_image, startup_line_check
+from harness.gate.checks.routing import (
+    block_size_agrees,
+    record_claims_at_most,
+    record_spares_new_image,
+    router_claims_match_workers,
+    router_covers_prompt,
+    startup_line_check,
+)
+from harness.gate.evidence import COLOCATES, insufficient, na_summary, required_checks
 from harness.gate.image_server import ImageServer
-from harness.gate.payloads import TestImage, chat_body, multi_image, multi_turn, single_image, solid_png
-from harness.mm.geometry import resolve_geometry
-from harness.mm.prompt import parse_chat, render_chat
+from harness.gate.oracle import (
+    ANCHORS,
+    Layout,
+    Reference,
+    RefImage,
+    Threshold,
+    cache_hit_cap,
+    common_prefix,
+    declared_mm_options,
+    expected_hit,
+    shared_prefix,
+    text_chat,
+    whole_blocks,
+)
+from harness.gate.payloads import (
+    TestImage,
+    chat_body,
+    image_part,
+    make_lora_adapter,
+    multi_image,
+    multi_turn,
+    single_image,
+    solid_png,
+    text_part,
+)
+from harness.mm.images import mm_hash
 from harness.stack.launch import Stack
 from harness.stack.processes import tail
 
 QUESTION = "What colour is this image? Answer in one word."
+SUITE_QUESTION = "Describe these images."
 BURST = 6
+SUITES = ("pre_merge", "post_merge")
 
 
 class GateBroken(Exception):
@@ -65,6 +117,12 @@ class GateResult:
     replies: list[Reply] = field(default_factory=list)
     hit_rate: float | None = None
     per_worker: dict[str, int] = field(default_factory=dict)
+    #: Every threshold the checks used: name -> value and source (reference, probe, stack render, declared).
+    thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    required: list[str] = field(default_factory=list)
+    #: Behaviour the gate shows but does not fail (vLLM's own, pinned by a check): e.g. stale LoRA blocks.
+    findings: list[str] = field(default_factory=list)
+    suite: str = "post_merge"
 
     @property
     def passed(self) -> bool:
@@ -73,6 +131,10 @@ class GateResult:
     @property
     def failures(self) -> list[CheckResult]:
         return [c for c in self.checks if c.passed is False]
+
+    @property
+    def not_applicable(self) -> list[dict[str, str]]:
+        return na_summary(self.checks)
 
     def failed_kinds(self) -> set[str]:
         return {c.kind for c in self.failures}
@@ -86,7 +148,8 @@ class GateResult:
         """Raise AssertionError for a routing verdict, GateBroken for anything else.
 
         A control (strict xfail, ``raises=AssertionError``) is rejected only by a failed routing check; a control
-        that passes is an XPASS, and one broken in another way is an error.
+        that passes is an XPASS, and one broken in another way (health, config, metrics, missing evidence) is an
+        error.
         """
         kinds = self.failed_kinds()
         if "health" in kinds:
@@ -100,82 +163,213 @@ class GateResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
-            "checks": [
-                {
-                    "name": c.name,
-                    "kind": c.kind,
-                    "verdict": c.verdict,
-                    "expected": c.expected,
-                    "actual": c.actual,
-                    "request_id": c.request_id,
-                }
-                for c in self.checks
-            ],
+            "suite": self.suite,
+            "checks": [c.record() for c in self.checks],
+            "not_applicable": self.not_applicable,
+            "required": self.required,
+            "thresholds": self.thresholds,
+            "findings": self.findings,
             "requests": [r.record() for r in self.replies],
             "kv_hit_rate": self.hit_rate,
             "per_worker_requests": self.per_worker,
         }
 
 
+def suite_of(marks: Sequence[str]) -> str:
+    """pre_merge cases run the pre_merge steps only; every other case runs all of them."""
+    return "pre_merge" if "pre_merge" in marks else "post_merge"
+
+
 class Gate:
-    def __init__(self, stack: Stack, images: ImageServer, client: httpx.Client, *, adapter: str | None = None) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        images: ImageServer,
+        client: httpx.Client,
+        *,
+        adapter: str | None = None,
+        suite: str | None = None,
+    ) -> None:
         self.stack = stack
         self.spec = stack.spec
+        self.caps = self.spec.capabilities
         self.model = self.spec.model
         self.block = self.spec.block_size
         self.images = images
         self.adapter = adapter
         self.client = client
         self.workers = len(stack.worker_urls)
-        self.result = GateResult(self.spec.case_id)
+        self.suite = suite or suite_of(getattr(stack.case, "mark_names", ()))
+        self.result = GateResult(self.spec.case_id, suite=self.suite)
+        self.attr = Attributor(self.caps, stack.worker_logs(), self.scrape)
         self._generated: dict[str, TestImage] = {}
+        self.ref: Reference | None = None
+        #: Whether the stack tokenizes like the reference (text-only probe), so exact expectations hold.
+        self.exact = True
+        self.exact_why = ""
+        #: The reference model of each worker's cache: (send order, layout) of what the gate sent it.
+        self.cache_model: dict[str, list[tuple[int, Layout]]] = {}
+        self.routed: list[Reply] = []
+        #: Send order of every request (the cache model counts only what was sent before a request).
+        self.seq: dict[str, int] = {}
+        self._counter = itertools.count()
+        self.pad = 0
+        self._step_suite = "pre_merge"
 
     # -- plumbing ---------------------------------------------------------------------------------------------
-    def image(self, colour: str | tuple[int, int, int]) -> TestImage:
-        key = colour if isinstance(colour, str) else "rgb-" + "-".join(map(str, colour))
+    def image(self, colour: str | tuple[int, int, int], size: tuple[int, int] = (512, 512), tag: str = "") -> TestImage:
+        key = (colour if isinstance(colour, str) else "rgb-" + "-".join(map(str, colour))) + tag
+        if size != (512, 512):
+            key += f"-{size[0]}x{size[1]}"
         if key not in self._generated:
-            data = solid_png(colour)
+            data = solid_png(colour, size)
             name = f"{self.spec.case_id}-{key}-{uuid.uuid4().hex[:8]}.png"
-            self._generated[key] = TestImage(name, key, data, self.images.add(name, data))
+            colour_name = colour if isinstance(colour, str) else key
+            self._generated[key] = TestImage(name, colour_name, data, self.images.add(name, data), size)
         return self._generated[key]
 
-    def messages(self, imgs: Sequence[TestImage], inline: bool) -> list[dict[str, Any]]:
-        refs = [im.ref(inline) for im in imgs]
-        if self.spec.payload == "multi_image":
-            return multi_image(refs, "What colours are these images?")
-        if self.spec.payload == "multi_turn":
-            return multi_turn(refs[0], QUESTION, "It is a colour.", "Are you sure? Name the colour again.")
-        return single_image(refs[0], QUESTION)
+    @staticmethod
+    def rgb(seed: int) -> tuple[int, int, int]:
+        return (31 * seed % 256, 7 + 53 * seed % 240, 11 * seed % 250)
 
-    def send(self, tag: str, messages: list[dict[str, Any]]) -> Reply:
+    def fresh(self, n: int, seed: int) -> list[TestImage]:
+        """``n`` new images no earlier step sent (distinct colours, so distinct bytes)."""
+        return [self.image(self.rgb(seed + i)) for i in range(n)]
+
+    def ref_images(self, imgs: Sequence[TestImage]) -> list[RefImage]:
+        return [RefImage(mm_hash(self.model, im.data), im.size) for im in imgs]
+
+    def messages(self, imgs: Sequence[TestImage], inline: bool, pad: int = 0) -> list[dict[str, Any]]:
+        refs = [im.ref(inline) for im in imgs]
+        tail_text = " a" * pad
+        if self.spec.payload == "multi_image":
+            return multi_image(refs, "What colours are these images?" + tail_text)
+        if self.spec.payload == "multi_turn":
+            return multi_turn(refs[0], QUESTION, "It is a colour.", "Are you sure? Name the colour again." + tail_text)
+        return single_image(refs[0], QUESTION + tail_text)
+
+    def suite_messages(
+        self, imgs: Sequence[TestImage], text: str = SUITE_QUESTION, uuids: Sequence[str | None] | None = None
+    ) -> list[dict[str, Any]]:
+        inline = self.spec.payload == "base64"
+        ids = list(uuids) if uuids is not None else [None] * len(imgs)
+        parts = [image_part(im.ref(inline), u) for im, u in zip(imgs, ids, strict=True)]
+        return [{"role": "user", "content": [*parts, text_part(text)]}]
+
+    def layout(
+        self,
+        messages: list[dict[str, Any]],
+        imgs: Sequence[TestImage],
+        *,
+        salt: str | None = None,
+        model: str | None = None,
+    ) -> Layout:
+        assert self.ref is not None
+        name = model or self.adapter or self.model
+        return self.ref.layout(messages, self.ref_images(imgs), salt=salt, adapter=None if name == self.model else name)
+
+    def send(
+        self,
+        tag: str,
+        messages: list[dict[str, Any]],
+        *,
+        layout: Layout | None = None,
+        url: str | None = None,
+        model: str | None = None,
+        extra: dict[str, Any] | None = None,
+        max_tokens: int = 32,
+        sequential: bool = True,
+    ) -> Reply:
+        """One request through the front door (or ``url``), attributed by the declared sources, and entered in
+        the reference cache model of the worker that served it."""
         rid = f"{self.spec.case_id}-{tag}-{uuid.uuid4().hex[:8]}"
+        self.seq[rid] = next(self._counter)
+        direct = url is not None
+        before = self.scrape() if sequential and not direct and self.attr.per_request_counters else None
+        body = chat_body(model or self.adapter or self.model, messages, max_tokens, **(extra or {}))
+        body.update(self.attr.request_fields())
         t0 = time.perf_counter()
+        headers: Any = {}
         try:
             r = self.client.post(
-                f"{self.stack.url}/v1/chat/completions",
-                json=chat_body(self.adapter or self.model, messages),
-                headers={"X-Request-Id": rid},
+                f"{url or self.stack.url}/v1/chat/completions", json=body, headers={"X-Request-Id": rid}
             )
             try:
-                body = r.json()
+                payload = r.json()
             except ValueError:
-                body = {"error": {"message": r.text[:300]}}
-            status, served = r.status_code, r.headers.get("x-served-by")
+                payload = {"error": {"message": r.text[:300]}}
+            status, headers = r.status_code, r.headers
         except httpx.HTTPError as exc:
-            status, body, served = 0, {"error": {"message": f"{type(exc).__name__}: {exc}"}}, None
-        reply = Reply(tag, rid, status, body, served, time.perf_counter() - t0, messages)
+            status, payload = 0, {"error": {"message": f"{type(exc).__name__}: {exc}"}}
+        latency = time.perf_counter() - t0
+        served, via = self.attr.from_response(headers, payload)
+        if served is None and direct:
+            served, via = "worker0", "direct"
+        if served is None and status == 200:
+            name = self.attr.from_logs(rid)
+            if name:
+                served, via = name, "logs"
+        if served is None and before is not None:
+            served, _ = self.attr.from_counters(before)
+            via = "metrics" if served else None
+        reply = Reply(tag, rid, status, payload, served, latency, messages, via)
         self.result.replies.append(reply)
+        if not direct:
+            self.routed.append(reply)
+        if layout is not None and status == 200 and sequential:
+            self.remember(reply, layout)
         return reply
 
-    def burst(self, tag: str, batches: Sequence[list[dict[str, Any]]]) -> list[Reply]:
+    def remember(self, reply: Reply, layout: Layout) -> None:
+        """Enter ``layout`` in the model of the serving worker's cache (every worker's, when nobody knows which)."""
+        worker = reply.served_by
+        targets = [worker] if worker else [*self.cache_model, *[f"worker{i}" for i in range(self.workers)]]
+        seq = self.seq[reply.request_id]
+        for name in dict.fromkeys(targets):
+            self.cache_model.setdefault(name, []).append((seq, layout))
+
+    def model_expects(self, reply: Reply, layout: Layout) -> tuple[int | None, str]:
+        """The cached tokens a correct stack reports for ``reply``: the most any worker holds of ``layout`` in
+        the reference model of the workers' caches (what the gate sent each before this request), so a request
+        routed away from its cache fails as surely as a cache that reports the wrong thing. None, with the
+        reason, where the model cannot say."""
+        if not self.exact:
+            return None, self.exact_why
+        seq = self.seq.get(reply.request_id, 1 << 62)
+        shared = max(
+            (shared_prefix(layout, prev) for entries in self.cache_model.values() for s, prev in entries if s < seq),
+            default=0,
+        )
+        return expected_hit(shared, reply.prompt_tokens, self.block), ""
+
+    def expect_exact(self, name: str, reply: Reply, layout: Layout, why: str) -> bool:
+        expected, reason = self.model_expects(reply, layout)
+        if expected is None:
+            want = f"cached_tokens as the reference cache model gives ({why})"
+            return self.add(not_applicable(name, reason, expected=want, request_id=reply.request_id))
+        return self.add(cached_exactly(name, reply, expected, why, "reference"))
+
+    def burst(self, tag: str, batches: Sequence[list[dict[str, Any]]], layouts: Sequence[Layout]) -> list[Reply]:
+        def one(i: int) -> Reply:
+            return self.send(f"{tag}{i}", batches[i], sequential=False)
+
         with ThreadPoolExecutor(len(batches)) as pool:
-            return list(pool.map(lambda im: self.send(f"{tag}{im[0]}", im[1]), enumerate(batches)))
+            replies = list(pool.map(one, range(len(batches))))
+        for reply, layout in zip(replies, layouts, strict=True):
+            if reply.status == 200:
+                self.remember(reply, layout)
+        return replies
 
     def add(self, check: CheckResult) -> bool:
+        check.suite = self._step_suite
         if check.passed is False:
             check.logs = self.logs_for(check.request_id)
         self.result.checks.append(check)
         return bool(check.passed)
+
+    def threshold(self, t: Threshold) -> int:
+        self.result.thresholds[t.name] = t.record()
+        return t.value
 
     def logs_for(self, request_id: str | None) -> dict[str, str]:
         """Log lines about this request (by id), else the tail of each component's log."""
@@ -196,95 +390,478 @@ class Gate:
         for i, url in enumerate(self.stack.worker_urls):
             try:
                 out[f"worker{i}"] = parse_metrics(self.client.get(f"{url}/metrics", timeout=10).text)
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 out[f"worker{i}"] = {}
         return out
 
-    def image_ranges(self, messages: list[dict[str, Any]], imgs: Sequence[TestImage]) -> list[tuple[int, int]]:
-        """(offset, length) of each image's placeholder run: from the server's render endpoint when it has one
-        (the simulated engine; vLLM with --enable-scale-out), else rendered locally with the shared template."""
-        body = {"model": self.adapter or self.model, "messages": messages}
+    def post_json(self, url: str, body: dict[str, Any]) -> Any | None:
         try:
-            r = self.client.post(f"{self.stack.worker_urls[0]}/v1/chat/completions/render", json=body, timeout=30)
-            if r.status_code == 200:
-                placeholders = r.json()["features"]["mm_placeholders"]["image"]
-                return [(int(p["offset"]), int(p["length"])) for p in placeholders]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            pass
-        geometry = resolve_geometry(self.model, family=self.spec.family)
-        counts = [(f"img{i}", geometry.num_tokens(*im.size)) for i, im in enumerate(imgs)]
-        prompt = render_chat(parse_chat(messages), geometry.family, counts)
-        return [(it.offset, it.length) for it in prompt.mm_items]
+            r = self.client.post(url, json=body, timeout=30)
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
     # -- the scenario -----------------------------------------------------------------------------------------
     def run(self) -> GateResult:
-        before = self.scrape()
+        steps: list[tuple[str, Callable[[], bool | None]]] = [
+            ("pre_merge", self.step_calibrate),
+            ("pre_merge", self.step_core),
+            ("pre_merge", self.step_bursts),
+            ("pre_merge", self.step_staircase),
+            ("pre_merge", self.step_image_order),
+            ("pre_merge", self.step_uuid),
+            ("pre_merge", self.step_cache_salt),
+            ("post_merge", self.step_resolution),
+            ("post_merge", self.step_lora),
+            ("pre_merge", self.step_router),
+        ]
+        self.before = self.scrape()
+        for suite, step in steps:
+            if suite == "post_merge" and self.suite == "pre_merge":
+                continue
+            self._step_suite = suite
+            if step() is False:  # the stack is broken (health): nothing after it means anything
+                break
+        self._step_suite = "pre_merge"
+        self.step_metrics()
+        self.step_evidence()
+        return self.result
+
+    # 1. calibration ------------------------------------------------------------------------------------------
+    def step_calibrate(self) -> bool:
+        worker = self.stack.worker_urls[0]
+        declared_args = self.stack.env.get(c.ENV_EXTRA_WORKER_ARGS, "") if self.stack.env else ""
+        options = declared_mm_options([declared_args, *self.spec.extra_worker_args], self.spec.family)
+        ref = self.ref = Reference(options.geometry(self.model), self.block)
+        self.threshold(Threshold("block_size", self.block, "declared", "the topology's block_size"))
+        self.add(cfgchecks.reference_anchors(ref.family))
+
+        # Probe: the template prefix, from /tokenize of two chats that differ only in their first user text.
+        ref_prefix = ref.template_prefix()
+        toks = [
+            self.post_json(f"{worker}/tokenize", {"model": self.model, "messages": text_chat(t)})
+            for t in ("Alpha", "Omega")
+        ]
+        probed_prefix = None
+        if all(isinstance(t, dict) and isinstance(t.get("tokens"), list) for t in toks):
+            probed_prefix = common_prefix(toks[0]["tokens"], toks[1]["tokens"])  # type: ignore[index]
+        self.add(cfgchecks.template_prefix_agrees(ref_prefix, probed_prefix))
+        ref.shift = (probed_prefix - ref_prefix) if probed_prefix is not None else 0
+        self.threshold(
+            Threshold("template_prefix", ref_prefix + ref.shift, "probe" if probed_prefix is not None else "reference")
+        )
+
+        # Probe: the image-token count, from prompt_tokens with and without an image (straight to a worker).
+        probe_img = self.image("cyan", tag="-probe")
+        ref_tokens = ref.image_tokens(probe_img.size)
+        self.threshold(Threshold("image_tokens_512x512", ref_tokens, "reference", ref.geometry.source))
+        with_img = self.send(
+            "probe-image",
+            single_image(probe_img.url, "Probe."),
+            url=worker,
+            max_tokens=1,
+            layout=self.layout(single_image(probe_img.url, "Probe."), [probe_img], model=self.model),
+        )
+        without = self.send(
+            "probe-text",
+            text_chat("Probe."),
+            url=worker,
+            max_tokens=1,
+            layout=self.layout(text_chat("Probe."), [], model=self.model),
+        )
+        probed = None
+        if with_img.status == 200 and without.status == 200 and with_img.prompt_tokens:
+            probed = with_img.prompt_tokens - without.prompt_tokens - ref.marker_tokens
+        self.add(
+            cfgchecks.image_tokens_agree(cfgchecks.PROBE_IMAGE, ref_tokens, probed, "prompt_tokens probe", "probe")
+        )
+        ref_text_tokens = self.layout(text_chat("Probe."), [], model=self.model).tokens + ref.shift
+        if without.status == 200 and without.prompt_tokens != ref_text_tokens:
+            self.exact = False
+            self.exact_why = (
+                f"the stack tokenizes text unlike the reference (text probe: {without.prompt_tokens} tokens, "
+                f"reference {ref_text_tokens}): exact cache expectations need the reference tokenizer"
+            )
+        if without.status != 200 or with_img.status != 200:
+            return self.add(valid_reply(with_img if with_img.status != 200 else without))
+
+        # Align the gate's main prompt to a whole number of blocks, so a full repeat shows the last-token rule.
+        base = self.base_images()
+        plain = self.messages(base, False)
+        counted = self.post_json(f"{worker}/tokenize", {"model": self.model, "messages": plain})
+        count = counted.get("count") if isinstance(counted, dict) else None
+        n = int(count) if isinstance(count, int) else self.layout(plain, base).tokens + ref.shift
+        self.pad = -n % self.block
+        self.threshold(
+            Threshold(
+                "main_prompt_tokens",
+                n + self.pad,
+                "probe" if count else "reference",
+                f"padded by {self.pad} tokens to a whole number of {self.block}-token blocks",
+            )
+        )
+
+        # The render endpoint, where the worker has one: compared with the reference, never used in its place.
+        msgs = self.messages(base, False, self.pad)
+        rendered = self.post_json(f"{worker}/v1/chat/completions/render", {"model": self.model, "messages": msgs})
+        stack_ranges = None
+        try:
+            placeholders = rendered["features"]["mm_placeholders"]["image"]  # type: ignore[index]
+            stack_ranges = [(int(p["offset"]), int(p["length"])) for p in placeholders]
+        except (KeyError, TypeError, ValueError):
+            stack_ranges = None
+        self.add(cfgchecks.render_agrees(ref.offsets(self.layout(msgs, base, model=self.model)), stack_ranges))
+
+        # The block size each worker runs: vllm:cache_config_info, else its start-up log line.
+        self.worker_blocks = self.worker_block_sizes()
+        self.add(cfgchecks.workers_block_size(self.block, self.worker_blocks))
+        return True
+
+    def worker_block_sizes(self) -> dict[str, tuple[int | None, str]]:
+        out: dict[str, tuple[int | None, str]] = {}
+        for i, url in enumerate(self.stack.worker_urls):
+            value, source = None, "none"
+            try:
+                value = block_size_from_metrics(self.client.get(f"{url}/metrics", timeout=10).text)
+                source = "vllm:cache_config_info"
+            except (httpx.HTTPError, ValueError):
+                value = None
+            if value is None:
+                # Fallback: the worker's start-up line (the simulated engine logs ``block_size=N`` when ready).
+                path = self.stack.worker_logs()[i]
+                text = path.read_text(errors="replace") if path.exists() else ""
+                m = re.search(r"\bready:.*?\bblock_size=(\d+)", text)
+                value, source = (int(m.group(1)), "worker log (no vllm:cache_config_info)") if m else (None, "none")
+            out[f"worker{i}"] = (value, source)
+        return out
+
+    def base_images(self) -> list[TestImage]:
         colours = ("green", "blue") if self.spec.payload == "multi_image" else ("green",)
-        base = [self.image(c) for c in colours]
+        return [self.image(col) for col in colours]
+
+    # 2. first / repeat / transport / negative -----------------------------------------------------------------
+    def step_core(self) -> bool:
+        assert self.ref is not None
+        base = self.base_images()
+        colours = [im.colour for im in base]
         inline = self.spec.payload == "base64"
-
-        first = self.send("first", self.messages(base, inline))
+        msgs = self.messages(base, inline, self.pad)
+        self.main = self.layout(msgs, base)
+        first = self.send("first", msgs, layout=self.main)
         if not (self.add(valid_reply(first)) and self.add(names_colours(first, colours))):
-            return self.result
-        last_offset, last_len = self.image_ranges(first.messages, base)[-1]
-        through_image = (last_offset + last_len) // self.block * self.block
+            return False
+        self.first = first
+        last_offset, last_len = self.ref.offsets(self.main)[-1]
+        self.threshold(Threshold("last_image_offset", last_offset, "reference" if not self.ref.shift else "probe"))
+        self.threshold(Threshold("last_image_tokens", last_len, "reference", self.ref.geometry.source))
 
-        repeat = self.send("repeat", self.messages(base, inline))
+        repeat = self.send("repeat", msgs, layout=self.main)
         self.add(valid_reply(repeat))
-        self.add(cached_at_least("repeat hits the image blocks", repeat, through_image))
-        self.add(same_worker("repeat co-locates", first, repeat, self.workers))
+        self.expect_exact(
+            "repeat hits the image blocks", repeat, self.main, "every block but the one holding the last prompt token"
+        )
+        self.add(same_worker(COLOCATES, first, repeat, self.workers))
 
-        other = self.send("transport", self.messages(base, not inline))
+        other_msgs = self.messages(base, not inline, self.pad)
+        other = self.send("transport", other_msgs, layout=self.layout(other_msgs, base))
         self.add(valid_reply(other))
-        self.add(cached_at_least(f"same image by {'URL' if inline else 'base64'} hits", other, through_image))
+        self.expect_exact(
+            f"same image by {'URL' if inline else 'base64'} hits", other, self.main, "the hash is over the bytes"
+        )
 
         swapped = [*base[:-1], self.image("red")]
-        negative = self.send("negative", self.messages(swapped, inline))
+        neg_msgs = self.messages(swapped, inline, self.pad)
+        negative = self.send("negative", neg_msgs, layout=self.layout(neg_msgs, swapped))
         if self.add(valid_reply(negative)):
             self.add(names_colours(negative, [*colours[:-1], "red"]))
+        limit = self.threshold(
+            Threshold(
+                "negative_cached_at_most",
+                whole_blocks(last_offset, self.block),
+                "reference",
+                "whole blocks before the new image",
+            )
+        )
         self.add(
             cached_at_most(
                 "different image: no cached image blocks",
                 negative,
-                last_offset // self.block * self.block,
+                limit,
                 "the block holding the new image's first token must miss",
+                "reference",
             )
         )
-        self.add(record_spares_new_image(self.router_text(), negative, last_offset, self.block))
+        self.add(
+            record_spares_new_image(self.router_text(), negative, last_offset, self.block, bool(self.caps.records))
+        )
+        return True
 
-        if self.spec.has_router and self.workers > 1:
-            repeats = self.burst("burst-repeat", [self.messages(base, inline)] * BURST)
-            self.add(burst_stays_home(repeats, first.served_by, through_image, self.workers))
-            fresh = [
-                [*base[:-1], self.image((17 * i % 256, 90 + 23 * i % 160, 200 - 29 * i % 180))] for i in range(BURST)
-            ]
-            spread = self.burst("burst-new", [self.messages(imgs, inline) for imgs in fresh])
-            if self.adapter:  # adapter affinity deliberately keeps one adapter's requests together
-                self.add(
-                    CheckResult(
-                        "different images spread under load",
-                        None,
-                        "requests on the base model",
-                        "adapter requests stay with the adapter's holders (--lora-spill-running)",
-                    )
+    # 3. bursts ---------------------------------------------------------------------------------------------
+    def step_bursts(self) -> None:
+        if not (self.spec.has_router and self.workers > 1):
+            return
+        base = self.base_images()
+        inline = self.spec.payload == "base64"
+        msgs = self.messages(base, inline, self.pad)
+        before = self.scrape()
+        repeats = self.burst("burst-repeat", [msgs] * BURST, [self.main] * BURST)
+        counts = self.attr.counts(before) if self.attr.per_request_counters else None
+        full = cache_hit_cap(self.first.prompt_tokens, self.block)
+        self.threshold(Threshold("burst_repeat_cached", full, "reference", "floor((prompt_tokens - 1) / B) * B"))
+        self.add(burst_stays_home(repeats, self.first.served_by, full, self.workers, counts))
+
+        fresh = [[*base[:-1], im] for im in self.fresh(BURST, seed=1)]
+        before = self.scrape()
+        spread = self.burst(
+            "burst-new",
+            [self.messages(imgs, inline, self.pad) for imgs in fresh],
+            [self.layout(self.messages(imgs, inline, self.pad), imgs) for imgs in fresh],
+        )
+        counts = self.attr.counts(before) if self.attr.per_request_counters else None
+        if self.adapter:  # adapter affinity deliberately keeps one adapter's requests together
+            self.add(
+                not_applicable(
+                    "different images spread under load",
+                    "adapter requests stay with the adapter's holders (--lora-spill-running)",
+                    expected="requests on the base model",
                 )
-            else:
-                self.add(burst_spreads(spread, self.workers))
-        follows = bool(parse_routing_records(self.router_text()))
-        if self.spec.has_router:
-            self.add(startup_line_check(self.router_text(), self.model, follows))
-        if self.adapter:
-            self.add(self.adapter_loaded(first))
+            )
+        else:
+            self.add(burst_spreads(spread, self.workers, counts))
 
-        reported = sum(r.cached_tokens or 0 for r in self.result.replies)
-        check, delta = metrics_agree(before, self.scrape(), reported)
-        self.add(check)
-        self.result.hit_rate = delta.hit_rate if delta.queries else None
-        self.result.per_worker = dict(Counter(r.served_by or "?" for r in self.result.replies))
-        return self.result
+    # 4. Dynamo's multimodal router suite --------------------------------------------------------------------
+    def step_staircase(self) -> None:
+        """1, 2, 3 identical images: each added image adds the same number of cached blocks."""
+        (x,) = self.fresh(1, seed=20)
+        replies, expected = [], []
+        for k in (1, 2, 3):
+            msgs = self.suite_messages([x] * k)
+            layout = self.layout(msgs, [x] * k)
+            reply = self.send(f"stair{k}", msgs, layout=layout)
+            if not self.add(valid_reply(reply)):
+                return
+            want, why = self.model_expects(reply, layout)
+            if want is None:
+                self.add(not_applicable("staircase: each added image adds the same cached blocks", why))
+                return
+            replies.append(reply)
+            expected.append(want)
+        self.add(staircase(replies, expected, self.block))
+
+    def step_image_order(self) -> None:
+        """Two images, then: reversed (no hit beyond the text before the first image), the same images behind a
+        different prompt (a hit through the images, post_merge), and only the second image changed (the cache
+        stops at the second image)."""
+        assert self.ref is not None
+        y, z, w = self.fresh(3, seed=40)
+        keeps = bool(self.caps.records)
+        msgs = self.suite_messages([y, z])
+        r1 = self.send("order", msgs, layout=self.layout(msgs, [y, z]))
+        if not self.add(valid_reply(r1)):
+            return
+        rev = self.suite_messages([z, y])
+        rev_layout = self.layout(rev, [z, y])
+        r2 = self.send("reversed", rev, layout=rev_layout)
+        first_off = self.ref.offsets(rev_layout)[0][0]
+        self.add(
+            cached_at_most(
+                "same images reversed: no hit past the text before them",
+                r2,
+                whole_blocks(first_off, self.block),
+                "blocks before the first image",
+                "reference",
+            )
+        )
+        self.add(
+            record_claims_at_most(
+                "router does not claim reversed images",
+                self.router_text(),
+                r2,
+                first_off // self.block,
+                keeps,
+                "blocks before the first image",
+            )
+        )
+        if self.suite != "pre_merge":
+            self._step_suite = "post_merge"
+            other = self.suite_messages([y, z], "Which of these is brighter? Answer briefly.")
+            other_layout = self.layout(other, [y, z])
+            r3 = self.send("other-prompt", other, layout=other_layout)
+            self.expect_exact(
+                "same images behind a different prompt hit through the images",
+                r3,
+                other_layout,
+                "the shared images' blocks",
+            )
+            self._step_suite = "pre_merge"
+        second = self.suite_messages([y, w])
+        second_layout = self.layout(second, [y, w])
+        r4 = self.send("second-differs", second, layout=second_layout)
+        off_w = self.ref.offsets(second_layout)[1][0]
+        self.expect_exact(
+            "only the second image differs: cached stops at it",
+            r4,
+            second_layout,
+            "every block before the second image",
+        )
+        self.add(
+            record_claims_at_most(
+                "router stops at the changed second image",
+                self.router_text(),
+                r4,
+                off_w // self.block,
+                keeps,
+                "blocks before the second image",
+            )
+        )
+
+    def step_uuid(self) -> None:
+        """vLLM uses a content part's ``uuid`` verbatim as the image's hash: the same uuid hits even with other
+        bytes, another uuid misses even with the same bytes."""
+        assert self.ref is not None
+        y, v = self.fresh(2, seed=60)
+        tag = uuid.uuid4().hex[:12]
+        first = self.suite_messages([y], uuids=[f"gate-{tag}"])
+        r1 = self.send("uuid", first, layout=self.layout(first, [y]))
+        if not self.add(valid_reply(r1)):
+            return
+        same = self.suite_messages([v], uuids=[f"gate-{tag}"])
+        same_layout = self.layout(same, [v])
+        r2 = self.send("uuid-same", same, layout=same_layout)
+        self.expect_exact("same uuid, other bytes: a hit", r2, same_layout, "the uuid is the image's hash")
+        other = self.suite_messages([y], uuids=[f"gate-{tag}-other"])
+        other_layout = self.layout(other, [y])
+        r3 = self.send("uuid-other", other, layout=other_layout)
+        off = self.ref.offsets(other_layout)[0][0]
+        self.add(
+            cached_at_most(
+                "other uuid, same bytes: a miss",
+                r3,
+                whole_blocks(off, self.block),
+                "blocks before the image",
+                "reference",
+            )
+        )
+
+    def step_cache_salt(self) -> None:
+        """``cache_salt`` is keyed into the first block: the same salt hits, another salt shares nothing."""
+        (y,) = self.fresh(1, seed=80)
+        salt = f"gate-salt-{uuid.uuid4().hex[:8]}"
+        msgs = self.suite_messages([y])
+        r1 = self.send("salt", msgs, layout=self.layout(msgs, [y], salt=salt), extra={"cache_salt": salt})
+        if not self.add(valid_reply(r1)):
+            return
+        same_layout = self.layout(msgs, [y], salt=salt)
+        r2 = self.send("salt-same", msgs, layout=same_layout, extra={"cache_salt": salt})
+        self.expect_exact("same cache_salt hits", r2, same_layout, "same salt, same prompt")
+        other_layout = self.layout(msgs, [y], salt=salt + "-other")
+        r3 = self.send("salt-other", msgs, layout=other_layout, extra={"cache_salt": salt + "-other"})
+        self.add(cached_at_most("other cache_salt shares nothing", r3, 0, "the salt keys the first block", "reference"))
+        self.add(
+            record_claims_at_most(
+                "router keeps cache_salt apart",
+                self.router_text(),
+                r3,
+                0,
+                bool(self.caps.records),
+                "the salt keys the first block",
+            )
+        )
+
+    def step_resolution(self) -> None:
+        """The same picture at another resolution has other bytes: a miss past the text before it."""
+        assert self.ref is not None
+        (y,) = self.fresh(1, seed=90)
+        small = self.image(self.rgb(90), size=(256, 256))
+        msgs = self.suite_messages([y])
+        r1 = self.send("resolution", msgs, layout=self.layout(msgs, [y]))
+        if not self.add(valid_reply(r1)):
+            return
+        low = self.suite_messages([small])
+        low_layout = self.layout(low, [small])
+        r2 = self.send("resolution-low", low, layout=low_layout)
+        off = self.ref.offsets(low_layout)[0][0]
+        self.add(
+            cached_at_most(
+                "same picture at another resolution: a miss",
+                r2,
+                whole_blocks(off, self.block),
+                "blocks before the image",
+                "reference",
+            )
+        )
+        self.add(
+            record_claims_at_most(
+                "router keeps resolutions apart",
+                self.router_text(),
+                r2,
+                off // self.block,
+                bool(self.caps.records),
+                "blocks before the image",
+            )
+        )
+
+    # 5. LoRA -------------------------------------------------------------------------------------------------
+    def step_lora(self) -> None:
+        if not self.adapter or not hasattr(self, "first"):
+            return
+        assert self.ref is not None
+        base = self.base_images()
+        inline = self.spec.payload == "base64"
+        msgs = self.messages(base, inline, self.pad)
+        self.add(self.adapter_loaded(self.first))
+        base_layout = self.layout(msgs, base, model=self.model)
+        r = self.send("lora-base", msgs, model=self.model, layout=base_layout)
+        if not self.add(valid_reply(r)):
+            return
+        self.add(
+            cached_at_most(
+                "base model does not hit the adapter's blocks",
+                r,
+                0,
+                "the adapter's name is keyed into every block",
+                "reference",
+            )
+        )
+        self.add(
+            record_claims_at_most(
+                "router keeps base and adapter apart",
+                self.router_text(),
+                r,
+                0,
+                bool(self.caps.records),
+                "the adapter is keyed into every block",
+            )
+        )
+        adapter_dir = (self.stack.env or {}).get(c.ENV_ADAPTER_DIR)
+        name = "adapter replaced under the same name: old blocks served (vLLM keys blocks by name only)"
+        if not adapter_dir or os.environ.get("HARNESS_LORA_DIR"):
+            self.add(
+                not_applicable(name, "the adapters are the user's (HARNESS_LORA_DIR): the gate does not rewrite them")
+            )
+            return
+        make_lora_adapter(Path(adapter_dir), self.adapter, self.model, seed=7)  # same name and path, new weights
+        again = self.send("lora-replaced", msgs, layout=self.main)
+        if not self.add(valid_reply(again)):
+            return
+        expected, why = self.model_expects(again, self.main)
+        if expected is None:
+            self.add(not_applicable(name, why))
+            return
+        self.add(
+            cached_exactly(
+                name, again, expected, "vLLM's rule: the adapter's name only is in the key (vllm#42125)", "reference"
+            )
+        )
+        if again.cached_tokens:
+            self.result.findings.append(
+                f"adapter {self.adapter} replaced under the same name with new weights: served "
+                f"{again.cached_tokens} cached tokens computed with the old weights (vLLM keys cached blocks by "
+                "adapter name only, vllm#42125)"
+            )
 
     def adapter_loaded(self, first: Reply) -> CheckResult:
-        loaded = any(c.adapter == self.adapter for c in parse_lora_cold_loads(self.router_text()))
+        loaded = any(cl.adapter == self.adapter for cl in parse_lora_cold_loads(self.router_text()))
         return CheckResult(
             "adapter loaded on demand",
             loaded,
@@ -294,7 +871,45 @@ class Gate:
             first.request_id,
         )
 
+    # 6. the router's own account ------------------------------------------------------------------------------
+    def step_router(self) -> None:
+        if not self.spec.has_router:
+            return
+        text = self.router_text()
+        keeps = bool(self.caps.records)
+        self.add(startup_line_check(text, self.model, self.block, self.caps.startup_line))
+        line = parse_mm_startup(text)
+        router_block = line.block_size if line else None
+        self.add(block_size_agrees(router_block, getattr(self, "worker_blocks", {}), self.caps.startup_line))
+        self.add(router_covers_prompt(text, self.routed, router_block or self.block, keeps))
+        self.add(router_claims_match_workers(text, self.routed, router_block or self.block, keeps))
 
-def run_gate(stack: Stack, images: ImageServer) -> GateResult:
+    # 7. metrics and 8. evidence -------------------------------------------------------------------------------
+    def step_metrics(self) -> None:
+        after = self.scrape()
+        ok = [r for r in self.result.replies if r.status == 200]
+        check, delta = metrics_agree(self.before, after, sum(r.cached_tokens or 0 for r in ok))
+        self.add(check)
+        self.add(queries_agree(self.before, after, sum(r.prompt_tokens for r in ok)))
+        self.result.hit_rate = delta.hit_rate if delta.queries else None
+        self.result.per_worker = dict(Counter(r.served_by or "?" for r in self.routed))
+
+    def step_evidence(self) -> None:
+        family = self.ref.family.name if self.ref else ""
+        required = required_checks(
+            self.caps,
+            workers=self.workers,
+            has_router=self.spec.has_router,
+            adapter=bool(self.adapter),
+            family_anchored=family in ANCHORS,
+        )
+        self.result.required = sorted(required)
+        if self.result.failed_kinds() & {"health"}:
+            return  # a broken stack produces no evidence worth counting
+        for check in insufficient(self.result.checks, required):
+            self.add(check)
+
+
+def run_gate(stack: Stack, images: ImageServer, suite: str | None = None) -> GateResult:
     with httpx.Client(timeout=stack.spec.timeout_s) as client:
-        return Gate(stack, images, client, adapter=stack.spec.adapter).run()
+        return Gate(stack, images, client, adapter=stack.spec.adapter, suite=suite).run()

@@ -12,6 +12,23 @@ from harness.gate.checks import CheckResult
 Samples = dict[str, float]  # metric sample name -> value summed over label sets
 
 
+def info_labels(text: str, family_name: str) -> dict[str, str] | None:
+    """The labels of an info-style gauge (``vllm:cache_config_info{block_size="16",...} 1``), or None."""
+    for family in text_string_to_metric_families(text):
+        if family.name in (family_name, family_name.removesuffix("_info")):
+            for sample in family.samples:
+                return dict(sample.labels)
+    return None
+
+
+def block_size_from_metrics(text: str) -> int | None:
+    """A worker's KV block size from ``vllm:cache_config_info`` (``vllm/v1/metrics/loggers.py`` publishes the
+    cache config as labels of that gauge)."""
+    labels = info_labels(text, "vllm:cache_config_info")
+    value = (labels or {}).get("block_size")
+    return int(value) if value and value.isdigit() else None
+
+
 def parse_metrics(text: str) -> Samples:
     out: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -56,4 +73,24 @@ def metrics_agree(
         f"vllm:prefix_cache_hits delta == {reported_cached} (sum of cached_tokens reported)",
         f"hits delta={hits:.0f}, queries delta={queries:.0f}, hit rate={total.hit_rate:.2f}",
         "metrics",
+        source="/metrics",
     ), total
+
+
+def queries_agree(
+    before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]], reported_prompt: int
+) -> CheckResult:
+    """The workers looked up exactly the prompt tokens the responses reported (``vllm:prefix_cache_queries``
+    counts prompt tokens per scheduled request), so the hits check above compares like with like."""
+    name = "/metrics prefix-cache queries match prompt tokens"
+    queries = sum(cache_delta(before.get(n, {}), s).queries for n, s in after.items())
+    if not queries:
+        return CheckResult(name, None, "workers export vllm:prefix_cache_queries", "no data", "metrics")
+    return CheckResult(
+        name,
+        queries == reported_prompt,
+        f"vllm:prefix_cache_queries delta == {reported_prompt} (sum of prompt_tokens reported)",
+        f"queries delta={queries:.0f}",
+        "metrics",
+        source="/metrics",
+    )

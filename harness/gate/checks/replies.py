@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.gate.checks import CheckResult
+from harness.gate.checks import CheckResult, not_applicable
 
 
 @dataclass
@@ -19,6 +20,8 @@ class Reply:
     served_by: str | None
     latency_s: float
     messages: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    #: Which attribution source named ``served_by`` (``header:X-Served-By``, ``nvext``, ``metrics``, ``logs``).
+    attributed_by: str | None = None
 
     @property
     def content(self) -> str:
@@ -65,6 +68,7 @@ class Reply:
             "request_id": self.request_id,
             "status": self.status,
             "worker": self.served_by,
+            "attributed_by": self.attributed_by,
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,
             "latency_ms": round(self.latency_s * 1e3, 2),
@@ -118,7 +122,21 @@ def names_colours(reply: Reply, colours: Sequence[str]) -> CheckResult:
     )
 
 
-def cached_at_least(name: str, reply: Reply, threshold: int) -> CheckResult:
+def cached_exactly(name: str, reply: Reply, expected: int, why: str, source: str | None = None) -> CheckResult:
+    """The cache reported exactly what vLLM's rules give for what this request shares with what came before."""
+    cached = reply.cached_tokens
+    return CheckResult(
+        name,
+        cached is not None and cached == expected,
+        f"cached_tokens == {expected} ({why})",
+        f"cached_tokens={cached} of prompt_tokens={reply.prompt_tokens} on {reply.served_by}",
+        "routing",
+        reply.request_id,
+        source=source,
+    )
+
+
+def cached_at_least(name: str, reply: Reply, threshold: int, source: str | None = None) -> CheckResult:
     cached = reply.cached_tokens
     return CheckResult(
         name,
@@ -127,10 +145,11 @@ def cached_at_least(name: str, reply: Reply, threshold: int) -> CheckResult:
         f"cached_tokens={cached} of prompt_tokens={reply.prompt_tokens} on {reply.served_by}",
         "routing",
         reply.request_id,
+        source=source,
     )
 
 
-def cached_at_most(name: str, reply: Reply, limit: int, why: str) -> CheckResult:
+def cached_at_most(name: str, reply: Reply, limit: int, why: str, source: str | None = None) -> CheckResult:
     cached = reply.cached_tokens
     return CheckResult(
         name,
@@ -139,12 +158,19 @@ def cached_at_most(name: str, reply: Reply, limit: int, why: str) -> CheckResult
         f"cached_tokens={cached}",
         "routing",
         reply.request_id,
+        source=source,
     )
 
 
 def same_worker(name: str, a: Reply, b: Reply, workers: int) -> CheckResult:
-    if workers < 2 or not (a.served_by and b.served_by):
-        return CheckResult(name, None, "two or more workers and X-Served-By", "single worker or no header")
+    """Two requests on one worker, by the attribution source that named both (n/a without one: never a false
+    failure for a router that simply does not say)."""
+    if workers < 2:
+        return not_applicable(name, "a single worker: nothing to co-locate", request_id=b.request_id)
+    if not (a.served_by and b.served_by):
+        return not_applicable(
+            name, "no worker attribution for these requests", expected="a worker named for both requests"
+        )
     return CheckResult(
         name,
         a.served_by == b.served_by,
@@ -152,39 +178,82 @@ def same_worker(name: str, a: Reply, b: Reply, workers: int) -> CheckResult:
         f"served by {b.served_by}",
         "routing",
         b.request_id,
+        source=b.attributed_by,
     )
 
 
-def burst_stays_home(replies: Sequence[Reply], home: str | None, threshold: int, workers: int) -> CheckResult:
+def burst_spread(replies: Sequence[Reply], counts: dict[str, float] | None) -> tuple[dict[str, int] | None, str | None]:
+    """Requests per worker in a burst: from per-request attribution when every reply has it, else from
+    per-worker counter deltas (counts, not identities), else None."""
+    if replies and all(r.served_by for r in replies):
+        return dict(Counter(str(r.served_by) for r in replies)), replies[0].attributed_by
+    if counts is not None and sum(counts.values()) >= len(replies):
+        return {k: int(v) for k, v in counts.items() if v}, "metrics"
+    return None, None
+
+
+def burst_stays_home(
+    replies: Sequence[Reply],
+    home: str | None,
+    expected_cached: int,
+    workers: int,
+    counts: dict[str, float] | None = None,
+) -> CheckResult:
     """Concurrent copies of a cached request: a cache-aware router keeps them where the cache is, even under
     load; a router that leaves images out of its key balances them away and they miss."""
     name = "repeats stay on the cached worker under load"
-    if workers < 2 or home is None:
-        return CheckResult(name, None, "two or more workers and X-Served-By", "-")
-    spread = Counter(r.served_by for r in replies)
-    misses = [r for r in replies if (r.cached_tokens or 0) < threshold]
+    if workers < 2:
+        return not_applicable(name, "a single worker")
+    spread, source = burst_spread(replies, counts)
+    if home is None or spread is None:
+        return not_applicable(name, "no worker attribution for the burst", expected="the home worker and the burst's")
+    misses = [r for r in replies if r.cached_tokens != expected_cached]
     return CheckResult(
         name,
         set(spread) == {home} and not misses,
-        f"all {len(replies)} concurrent repeats on {home}, each with cached_tokens >= {threshold}",
-        f"served by {dict(spread)}; {len(misses)} missed the cache",
+        f"all {len(replies)} concurrent repeats on {home}, each with cached_tokens == {expected_cached}",
+        f"served by {spread}; {len(misses)} did not hit every block "
+        f"(cached: {sorted({r.cached_tokens for r in misses}, key=str)})",
         "routing",
-        (misses or replies)[0].request_id,
+        (misses or list(replies))[0].request_id,
+        source=source,
     )
 
 
-def burst_spreads(replies: Sequence[Reply], workers: int) -> CheckResult:
+def burst_spreads(replies: Sequence[Reply], workers: int, counts: dict[str, float] | None = None) -> CheckResult:
     """Concurrent requests with new images behind the same text: nothing is cached anywhere beyond the text before
     the image, so load must spread them; a router keyed on text alone piles them onto one worker."""
     name = "different images spread under load"
     if workers < 2:
-        return CheckResult(name, None, "two or more workers", "-")
-    spread = Counter(r.served_by for r in replies)
+        return not_applicable(name, "a single worker")
+    spread, source = burst_spread(replies, counts)
+    if spread is None:
+        return not_applicable(name, "no worker attribution for the burst", expected="requests per worker")
     return CheckResult(
         name,
         len(spread) > 1,
         f"{len(replies)} concurrent new-image requests on more than one worker",
-        f"served by {dict(spread)}",
+        f"served by {spread}",
         "routing",
         replies[-1].request_id if replies else None,
+        source=source,
+    )
+
+
+def staircase(replies: Sequence[Reply], expected: Sequence[int], block_size: int) -> CheckResult:
+    """1, 2, 3 identical images: each added image adds the same number of cached blocks (one image's run, give
+    or take the block its boundary falls in), and each request hits exactly what the reference says."""
+    name = "staircase: each added image adds the same cached blocks"
+    got = [r.cached_tokens for r in replies]
+    known = [g for g in got if g is not None]
+    steps = [b - a for a, b in itertools.pairwise(known)] if len(known) == len(got) else []
+    even = bool(steps) and max(steps) - min(steps) <= block_size and min(steps) > 0
+    return CheckResult(
+        name,
+        list(got) == list(expected) and even,
+        f"cached_tokens {list(expected)} (steps within one block of each other, each > 0)",
+        f"cached_tokens {got} (steps {steps})",
+        "routing",
+        replies[-1].request_id if replies else None,
+        source="reference",
     )

@@ -1,48 +1,192 @@
-"""Checks on the router's own account of itself: its start-up declaration and its per-request records."""
+"""Checks on the router's own account of itself: its start-up declaration, its per-request records, and whether
+they agree with what the workers did.
+
+A router declared to keep ``[ROUTING]`` records (``RouterCapabilities.records``) must have one for every request
+the gate checks by record: a missing record is a failure, not an n/a. A router that keeps none makes these
+checks n/a, with that reason.
+"""
 
 from __future__ import annotations
 
-from harness.contract import parse_mm_startup, records_for
-from harness.gate.checks import CheckResult
+from collections.abc import Mapping, Sequence
+
+from harness.contract import RoutingRecord, parse_mm_startup, records_for
+from harness.gate.checks import CheckResult, not_applicable
 from harness.gate.checks.replies import Reply
+from harness.gate.oracle import cache_hit_cap
+
+STARTUP = "MM-aware routing start-up line"
+SPARES_NEW_IMAGE = "router does not claim the new image's blocks"
+COVERS_PROMPT = "router keys the whole prompt as the workers expand it"
+CLAIMS_MATCH = "router's claimed overlap does not exceed the worker's cache"
+BLOCK_SIZE = "router and workers agree on the block size"
 
 
-def startup_line_check(router_log: str, model: str, follows_contract: bool) -> CheckResult:
-    name = "MM-aware routing start-up line"
-    if not follows_contract:
-        return CheckResult(
-            name,
-            None,
-            "a router that logs the routing-record contract",
-            "no [ROUTING] records: judged by behaviour only",
-            "config",
-        )
+def startup_line_check(router_log: str, model: str, block_size: int, declared: bool) -> CheckResult:
+    """The start-up line names the served model and the block size every component was started with."""
+    if not declared:
+        return not_applicable(STARTUP, "the router does not declare an MM-aware start-up line", "config")
     line = parse_mm_startup(router_log)
+    expected = f"'MM-aware KV routing enabled model={model} block_size={block_size}' in the router log"
+    if line is None:
+        return CheckResult(
+            STARTUP, False, expected, "absent: the router does not put images in its routing key", "config"
+        )
+    problems = []
+    if line.model != model:
+        problems.append(f"model={line.model} (not {model})")
+    if line.block_size != block_size:
+        problems.append(f"block_size={line.block_size} (not {block_size})")
     return CheckResult(
-        name,
-        line is not None,
-        f"'MM-aware KV routing enabled model={model} ...' in the router log",
-        f"found {line}" if line else "absent: the router does not put images in its routing key",
+        STARTUP,
+        not problems,
+        expected,
+        "; ".join(problems) if problems else f"found model={line.model} block_size={line.block_size}",
         "config",
+        source="router log",
     )
 
 
-def record_spares_new_image(router_log: str, reply: Reply, image_offset: int, block_size: int) -> CheckResult:
-    """The router's record of a different-image request must not claim the new image's blocks."""
-    name = "router does not claim the new image's blocks"
+def record_of(router_log: str, reply: Reply) -> RoutingRecord | None:
     recs = records_for(router_log, reply.request_id)
-    if not recs:
-        return CheckResult(
-            name, None, "a [ROUTING] record for the request", "router keeps no records", "routing", reply.request_id
-        )
-    rec = recs[-1]
-    allowed = image_offset // block_size
-    ok = rec.overlap_blocks <= allowed and (rec.total_blocks == 0 or rec.overlap_blocks < rec.total_blocks)
+    return recs[-1] if recs else None
+
+
+def _missing(name: str, reply: Reply) -> CheckResult:
+    return CheckResult(
+        name,
+        False,
+        "a [ROUTING] record with this request's id (the router is declared to keep records)",
+        "no record for this request id",
+        "routing",
+        reply.request_id,
+        source="router log",
+    )
+
+
+def record_claims_at_most(
+    name: str, router_log: str, reply: Reply, allowed_blocks: int, keeps_records: bool, why: str
+) -> CheckResult:
+    """The router's record of ``reply`` claims no more overlap than ``allowed_blocks`` (a negative control: the
+    blocks from the first differing token on cannot be anywhere)."""
+    if not keeps_records:
+        return not_applicable(name, "the router keeps no routing records", request_id=reply.request_id)
+    rec = record_of(router_log, reply)
+    if rec is None:
+        return _missing(name, reply)
+    ok = rec.overlap_blocks <= allowed_blocks and (rec.total_blocks == 0 or rec.overlap_blocks < rec.total_blocks)
     return CheckResult(
         name,
         ok,
-        f"overlap_blocks <= {allowed} (blocks before the image) and < total_blocks",
+        f"overlap_blocks <= {allowed_blocks} ({why}) and < total_blocks",
         f"overlap_blocks={rec.overlap_blocks} total_blocks={rec.total_blocks} worker={rec.worker}",
         "routing",
         reply.request_id,
+        source="router log",
+    )
+
+
+def record_spares_new_image(
+    router_log: str, reply: Reply, image_offset: int, block_size: int, keeps_records: bool = True
+) -> CheckResult:
+    """The router's record of a different-image request must not claim the new image's blocks."""
+    return record_claims_at_most(
+        SPARES_NEW_IMAGE, router_log, reply, image_offset // block_size, keeps_records, "blocks before the image"
+    )
+
+
+def router_covers_prompt(
+    router_log: str, replies: Sequence[Reply], router_block: int, keeps_records: bool
+) -> CheckResult:
+    """Each record's ``total_blocks`` is the number of full blocks of the prompt *as the worker counted it*
+    (``prompt_tokens``): a router that expands images differently from its workers (the bug class of Dynamo PR
+    #9441), or that drops the placeholders, keys blocks the workers never store."""
+    if not keeps_records:
+        return not_applicable(COVERS_PROMPT, "the router keeps no routing records")
+    bad, missing, checked = [], [], 0
+    for r in replies:
+        if r.status != 200 or not r.prompt_tokens:
+            continue
+        rec = record_of(router_log, r)
+        if rec is None:
+            missing.append(r.tag)
+            continue
+        checked += 1
+        want = r.prompt_tokens // router_block
+        if rec.total_blocks != want:
+            what = "no routing key at all" if rec.total_blocks == 0 else f"total_blocks={rec.total_blocks}"
+            bad.append(f"{r.tag}: {what}, prompt_tokens={r.prompt_tokens} -> {want}")
+    if missing:
+        return CheckResult(
+            COVERS_PROMPT,
+            False,
+            "a [ROUTING] record for every request (the router is declared to keep records)",
+            f"no record for {', '.join(missing[:5])}",
+            "routing",
+            source="router log",
+        )
+    return CheckResult(
+        COVERS_PROMPT,
+        checked > 0 and not bad,
+        f"total_blocks == prompt_tokens // {router_block} for each of {checked} requests",
+        "; ".join(bad[:4]) or f"all {checked} agree",
+        "routing",
+        source="router log",
+    )
+
+
+def router_claims_match_workers(
+    router_log: str, replies: Sequence[Reply], block_size: int, keeps_records: bool
+) -> CheckResult:
+    """The overlap a router claims for a request is no more than what the worker it chose then served from its
+    cache (capped as vLLM caps it), and the record names the worker that served it. Over-claiming is what a
+    router does when its key merges content the workers keep apart (text-only keys, the first image only, no
+    LoRA in the key) or when its index outlives the workers' caches."""
+    if not keeps_records:
+        return not_applicable(CLAIMS_MATCH, "the router keeps no routing records")
+    bad, checked = [], 0
+    for r in replies:
+        if r.status != 200 or r.cached_tokens is None:
+            continue
+        rec = record_of(router_log, r)
+        if rec is None:
+            continue  # ``router_covers_prompt`` fails a missing record
+        checked += 1
+        claimed = min(rec.overlap_blocks * block_size, cache_hit_cap(r.prompt_tokens, block_size))
+        if claimed > r.cached_tokens:
+            bad.append(f"{r.tag}: claimed {rec.overlap_blocks} blocks ({claimed} tokens), cached {r.cached_tokens}")
+        elif r.served_by and r.attributed_by != "metrics" and rec.worker != r.served_by:
+            bad.append(f"{r.tag}: record says {rec.worker}, served by {r.served_by}")
+    return CheckResult(
+        CLAIMS_MATCH,
+        checked > 0 and not bad,
+        f"min(overlap_blocks x {block_size}, cache cap) <= cached_tokens, on the recorded worker, for every request",
+        "; ".join(bad[:4]) or f"all {checked} agree",
+        "routing",
+        source="router log + responses",
+    )
+
+
+def block_size_agrees(
+    router_block: int | None, workers: Mapping[str, tuple[int | None, str]], declared_startup: bool
+) -> CheckResult:
+    """The router's declared block size (its start-up line) equals every worker's (``vllm:cache_config_info``,
+    or the fallback source named): a router hashing 16-token blocks in front of 32-token workers predicts hits
+    on blocks that do not exist."""
+    if router_block is None:
+        # n/a, not a failure: the start-up line check fails the missing line itself, and where the topology
+        # declares the line, the evidence rules turn this n/a into "insufficient evidence".
+        del declared_startup
+        return not_applicable(BLOCK_SIZE, "no start-up line to read the router's block size from")
+    known = {name: v for name, v in workers.items() if v[0] is not None}
+    if not known:
+        return not_applicable(BLOCK_SIZE, "no worker reports its block size", expected=f"workers at {router_block}")
+    bad = [f"{n}={v} ({src})" for n, (v, src) in known.items() if v != router_block]
+    return CheckResult(
+        BLOCK_SIZE,
+        not bad,
+        f"every worker's block size == the router's {router_block}",
+        "; ".join(bad) or ", ".join(f"{n}={v} ({src})" for n, (v, src) in known.items()),
+        "routing",
+        source="router log + " + ", ".join(sorted({src for _, src in known.values()})),
     )

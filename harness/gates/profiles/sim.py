@@ -1,7 +1,9 @@
 """The embedded default: simulated workers and the reference proxy, runnable on any machine (no GPU).
 
-Controls (``expect="fail"``) run the same gate against deliberately degraded routing: text-only prefix keys and
-round robin. They are strict xfails: if one ever passes, the gate has lost its teeth and the run fails.
+Controls (``expect="fail"``) run the same gate against deliberately degraded routing: ``kv_text`` (a router that
+hashes the expanded prompt with the image placeholders but not the images: it claims a different image's blocks
+as overlap and piles new images onto one worker), round robin and random (no cache affinity at all). They are
+strict xfails: if one ever passes, the gate has lost its teeth and the run fails.
 """
 
 from dataclasses import replace
@@ -23,6 +25,7 @@ AGG = replace(AGG_ROUTER, name="agg", script="agg.sh", workers=1, router="none",
 AGG_ROUTER_LORA = replace(AGG_ROUTER, name="agg_router_lora", script="agg_router_lora.sh", marks=("post_merge",))
 KV_TEXT = replace(AGG_ROUTER, name="agg_router_kv_text", policy="kv_text", expect="fail")
 ROUND_ROBIN = replace(AGG_ROUTER, name="agg_router_round_robin", policy="round_robin", expect="fail")
+RANDOM = replace(AGG_ROUTER, name="agg_router_random", policy="random", expect="fail", marks=("post_merge",))
 POST = {"marks": ("post_merge",)}
 
 CASES = [
@@ -39,6 +42,7 @@ CASES = [
     Case(QWEN3_VL_2B, AGG_ROUTER_LORA, payload="lora"),
     Case(QWEN3_VL_2B, AGG_ROUTER, suffix="4w", overrides={"workers": 4, **POST}),
     Case(QWEN25_VL_3B, KV_TEXT, overrides=POST),
+    Case(QWEN3_VL_2B, RANDOM),
     Case(QWEN2_VL_2B, AGG_ROUTER, overrides=POST),
     Case(LLAVA_15_7B, AGG_ROUTER, overrides=POST),
     Case(LLAVA_NEXT_7B, AGG_ROUTER, overrides=POST),

@@ -1,0 +1,69 @@
+"""TEST-ONLY degradations of the simulated engine (``--degrade NAME[,NAME]``, hidden from --help).
+
+Each reproduces an engine that breaks what the gate's cache expectations rest on, so the gate can be shown to
+reject it (``benchmarks/degradation_matrix.py``); none belongs in front of users.
+
+- ``no_prefix_cache``: nothing is ever served from the cache (prefix caching off).
+- ``misreport_cached``: responses report every full block of the prompt as cached, whatever was hit; the
+  ``/metrics`` counters keep counting the real hits.
+- ``size_only_hash``: an image is keyed by its size only, so every same-size image hits the others' blocks
+  (answers still describe the real image: only the cache is wrong).
+- ``no_last_token_rule``: the reported cached tokens include the block holding the last prompt token when it
+  is cached (vLLM always recomputes that token: ``max_cache_hit_length = request.num_tokens - 1`` in
+  ``vllm/v1/core/kv_cache_manager.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from harness.mm.prompt import ImagePart
+from harness.mm.resolver import ResolvedImage
+
+if TYPE_CHECKING:
+    from harness.sim.engine import Request
+    from harness.sim.service import SimWorker
+
+MODES = ("no_prefix_cache", "misreport_cached", "size_only_hash", "no_last_token_rule")
+
+
+def parse_modes(text: str | Iterable[str] | None) -> frozenset[str]:
+    if text is None:
+        return frozenset()
+    items = [text] if isinstance(text, str) else list(text)
+    names = {n.strip() for item in items for n in item.split(",") if n.strip()}
+    unknown = names - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown --degrade mode(s) {sorted(unknown)}; known: {', '.join(MODES)}")
+    return frozenset(names)
+
+
+def install(worker: SimWorker, modes: frozenset[str]) -> None:
+    """Apply ``modes`` to a constructed worker (the one hook in ``SimWorker.__init__``)."""
+    if not modes:
+        return
+    pool, block = worker.pool, worker.cfg.block_size
+    if "no_prefix_cache" in modes:
+        pool.longest_cached_prefix = lambda block_hashes, max_blocks: []  # type: ignore[method-assign,assignment]
+    if "size_only_hash" in modes:
+        resolve = worker.images.resolve
+
+        async def by_size(part: ImagePart) -> ResolvedImage:
+            resolved = await resolve(part)
+            facts = resolved.facts
+            return ResolvedImage(part.uuid or f"size:{facts.width}x{facts.height}", facts)
+
+        worker.images.resolve = by_size  # type: ignore[method-assign]
+    if modes & {"misreport_cached", "no_last_token_rule"}:
+        finished = worker.metrics.on_finished
+
+        def report(req: Request, now: float) -> None:
+            finished(req, now)  # the counters see the real hits first
+            if "misreport_cached" in modes:
+                req.num_cached_tokens = req.prompt_len // block * block
+            elif req.num_cached_tokens >= 0:
+                hit = len(pool.longest_cached_prefix(req.block_hashes, len(req.block_hashes)))
+                req.num_cached_tokens = max(req.num_cached_tokens, hit * block)
+
+        worker.metrics.on_finished = report  # type: ignore[method-assign]
