@@ -202,6 +202,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
     unknown = set(values["kv_events"]) - set(values["workers"])
     if unknown:
         raise SystemExit(f"--kv-events names workers not in --workers: {', '.join(sorted(unknown))}")
+    for flag in ("max_attempts", "health_failures", "breaker_failures", "max_loras_per_worker"):
+        if values[flag] < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {values[flag]}")
     registry = values.pop("adapter_registry")
     values["adapter_registry"] = _json_object("--adapter-registry", Path(registry).read_text()) if registry else {}
     mm = pop_mm_options(values)

@@ -324,10 +324,15 @@ class Proxy:
 
     async def routing_key(self, body: dict[str, Any], chat: bool, adapter: AdapterInfo | None) -> RoutingKey:
         """The block hashes the chosen worker will cache, rendered by the engine's own pipeline
-        (``harness.mm.request``); kv_text has no resolver, so images stay out of its key. The adapter enters the
-        key under the name the worker knows it by (its served name), as vLLM keys LoRA blocks by name."""
+        (``harness.mm.request``). The adapter enters the key under the name the worker knows it by (its served
+        name), as vLLM keys LoRA blocks by name. kv_text's image-blind key is installed by ``harness.proxy.degrade``."""
         rendered = await render_request(
-            body, chat=chat, family=self.family, resolver=self.images, image_limit=self.cfg.mm.image_limit
+            body,
+            chat=chat,
+            family=self.family,
+            resolver=self.images,
+            image_limit=self.cfg.mm.image_limit,
+            max_prompt_chars=self.cfg.mm.max_prompt_chars,
         )
         ctx = rendered.key_context(adapter.served_name if adapter else None)
         prompt = rendered.prompt

@@ -106,3 +106,57 @@ def test_breaker_open_worker_is_a_last_resort() -> None:
             assert reply.status == 200  # no worker in rotation, but one that passes health checks is used
 
     run(main)
+
+
+def test_asset_sweep_loop_survives_a_failed_sweep(tmp_path) -> None:
+    import asyncio
+
+    from harness.mm.assets import SweepResult
+    from harness.mm.options import MMOptions
+
+    async def main() -> None:
+        fleet = Fleet(1)
+        proxy = make_proxy(fleet, "kv_mm", mm=MMOptions(asset_dir=tmp_path), asset_sweep_interval_s=0.0)
+        assert proxy.assets is not None
+        calls: list[int] = []
+
+        def sweep(max_age_s: float) -> SweepResult:
+            calls.append(1)
+            if len(calls) == 1:
+                raise FileNotFoundError("derived/x.facts.json vanished")
+            return SweepResult(removed=0, kept=0, sources=0)
+
+        proxy.assets.sweep = sweep  # type: ignore[method-assign]
+        async with running(proxy):
+            async with asyncio.timeout(10):
+                while len(calls) < 3:
+                    await asyncio.sleep(0.01)
+            assert all(not t.done() for t in proxy._tasks)
+
+    run(main)
+
+
+def test_sweep_skips_an_artifact_unlinked_under_it(tmp_path, monkeypatch) -> None:
+    import os
+    from pathlib import Path
+
+    from harness.mm.assets import AssetStore
+
+    store = AssetStore(tmp_path).ensure()
+    store.derived.mkdir(parents=True, exist_ok=True)
+    for name in ("old.facts.json", "gone.facts.json"):
+        (store.derived / name).write_text("{}")
+        os.utime(store.derived / name, (1, 1))
+    real_stat = Path.stat
+    seen: list[Path] = []
+
+    def racing_stat(self: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.name == "gone.facts.json":
+            seen.append(self)
+            if len(seen) == 2:  # is_file() passed; another process's sweep unlinks it before the age check
+                os.unlink(self)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", racing_stat)
+    result = store.sweep(60.0)
+    assert len(seen) >= 2 and result.removed == 1 and not (store.derived / "old.facts.json").exists()

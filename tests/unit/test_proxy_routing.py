@@ -45,20 +45,20 @@ def test_kv_mm_key_carries_the_image() -> None:
     run(main)
 
 
-def test_kv_text_key_leaves_images_out() -> None:
+def test_kv_text_key_is_blind_to_image_content() -> None:
     async def main() -> None:
-        proxy = make_proxy(Fleet(2), "kv_text")
-        assert proxy.images is None
-        green = await proxy.routing_key(body_with(GREEN), True, None)
-        red = await proxy.routing_key(body_with(RED), True, None)
-        # The degradation kv_text exists to show: different images, identical keys.
+        text = make_proxy(Fleet(2), "kv_text")
+        mm = make_proxy(Fleet(2), "kv_mm")
+        green = await text.routing_key(body_with(GREEN), True, None)
+        red = await text.routing_key(body_with(RED), True, None)
+        # The degradation kv_text exists to show: different images, identical keys...
         assert green == red
-        text = await proxy.routing_key(
-            {"messages": [{"role": "user", "content": [{"type": "text", "text": "What colour is this image?"}]}]},
-            True,
-            None,
+        # ...where kv_mm, on the same bodies, tells them apart.
+        assert (await mm.routing_key(body_with(GREEN), True, None)) != (
+            await mm.routing_key(body_with(RED), True, None)
         )
-        assert green == text
+        other_text = await text.routing_key(body_with(GREEN, "Something else entirely?"), True, None)
+        assert other_text != green  # the text still counts
 
     run(main)
 
@@ -168,5 +168,58 @@ def test_in_flight_blocks_attract_concurrent_repeats(caplog: pytest.LogCaptureFi
         assert rec.worker == "fake-0" and rec.overlap_blocks == rec.total_blocks
         assert second.status == 200
         assert proxy.workers[0].predicted.pending == 0
+
+    run(main)
+
+
+def test_images_of_one_request_resolve_concurrently() -> None:
+    async def main() -> None:
+        proxy = make_proxy(Fleet(1), "kv_mm")
+        assert proxy.images is not None
+        real = proxy.images.resolve
+        in_flight, peak = 0, 0
+        both = asyncio.Event()
+
+        async def resolve(part):  # type: ignore[no-untyped-def]
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            if in_flight == 2:
+                both.set()
+            await asyncio.wait_for(both.wait(), 5)  # the first image waits until the second started
+            in_flight -= 1
+            return await real(part)
+
+        proxy.images.resolve = resolve  # type: ignore[method-assign]
+        two = [
+            {"type": "image_url", "image_url": {"url": data_url(png_bytes(GREEN))}},
+            {"type": "image_url", "image_url": {"url": data_url(png_bytes(RED))}},
+            {"type": "text", "text": "compare"},
+        ]
+        key = await proxy.routing_key({"messages": [{"role": "user", "content": two}]}, True, None)
+        assert peak == 2 and key.prompt_tokens > 0
+
+    run(main)
+
+
+def test_first_bad_image_in_prompt_order_is_reported() -> None:
+    """Resolved concurrently, but reported like one after the other: the first failing part in prompt order,
+    even when a later part failed sooner."""
+    from harness.errors import ImageError
+
+    async def main() -> None:
+        proxy = make_proxy(Fleet(1), "kv_mm")
+        assert proxy.images is not None
+
+        async def resolve(part):  # type: ignore[no-untyped-def]
+            if part.url.endswith("slow-bad"):
+                await asyncio.sleep(0.05)
+                raise ImageError("image 1 is bad")
+            raise ImageError("image 2 is bad")
+
+        proxy.images.resolve = resolve  # type: ignore[method-assign]
+        parts = [{"type": "image_url", "image_url": {"url": u}} for u in ("http://x/slow-bad", "http://x/fast-bad")]
+        with pytest.raises(ImageError, match="image 1 is bad"):
+            await proxy.routing_key({"messages": [{"role": "user", "content": parts}]}, True, None)
 
     run(main)
