@@ -19,7 +19,6 @@ Every threshold the gate uses is a ``Threshold`` naming its source and value, wr
 from __future__ import annotations
 
 import argparse
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -93,10 +92,14 @@ def anchor_problems(family: Family) -> list[str]:
 def declared_mm_options(worker_args: Sequence[str], family: str | None) -> MMOptions:
     """The multimodal flags the case passes its workers (``--mm-processor-kwargs`` etc.), parsed as the worker
     parses them; the family the profile names when the arguments do not."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     add_mm_arguments(parser)
-    words = [w for arg in worker_args for w in shlex.split(arg)]
-    known, _ = parser.parse_known_args(words)
+    # Split as lib.sh does (``extra=($HARNESS_EXTRA_WORKER_ARGS)``): on whitespace, quotes kept, so JSON survives.
+    words = [w for arg in worker_args for w in arg.split()]
+    try:
+        known, _ = parser.parse_known_args(words)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise ValueError(f"the case's worker arguments do not parse: {exc}") from None
     values = vars(known)
     if not values.get("mm_family"):
         values["mm_family"] = family

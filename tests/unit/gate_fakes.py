@@ -1,0 +1,245 @@
+"""A scripted stack for the gate's scenario: an ``httpx.MockTransport`` answering as a router in front of
+workers, in-process, with no sockets.
+
+The workers keep a prefix cache built from ``harness.mm`` (the same template, image-token formulas and block
+hashes as the simulated engine) and follow vLLM's rules unless told otherwise; the router routes by the overlap
+of its own key and logs ``[ROUTING]`` records and the start-up line to a log file. Knobs break one thing at a
+time, so a unit test can show that the check meant to catch it does.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from harness.contract import format_mm_startup, format_routing
+from harness.mm.geometry import ImageGeometry, resolve_geometry
+from harness.mm.hashing import BlockKeyContext, block_hashes
+from harness.mm.images import mm_hash
+from harness.mm.prompt import ImagePart, Prompt, parse_chat, render_chat
+from harness.profiles import Case, ModelProfile, RouterCapabilities, Topology
+from harness.sim.answers import describe_images, dominant_colours
+from harness.stack.spec import StackSpec, resolve_spec
+
+MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+ROUTER = "http://router.test"
+
+
+@dataclass
+class Knobs:
+    """What the scripted stack gets wrong (all False/None: a correct stack)."""
+
+    router: str = "kv_mm"  # kv_mm | text_key | round_robin | first_image_only
+    #: Workers serve the block holding the last prompt token from the cache (vLLM never does).
+    no_last_token_rule: bool = False
+    #: Tokens the workers add to every image's count (their own geometry fault).
+    worker_image_bonus: int = 0
+    #: The block size the router hashes with and declares (None: the workers').
+    router_block: int | None = None
+    #: Responses report cached tokens other than the cache's (the counters keep the truth).
+    misreport: int = 0
+    send_served_by: bool = True
+    keep_records: bool = True
+    startup_line: bool = True
+    render_endpoint: bool = True
+
+
+class FakeImages:
+    """Stands in for ``ImageServer``: ``add`` keeps the bytes and hands out a URL the fake stack resolves."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    def add(self, name: str, data: bytes) -> str:
+        self.files[name] = data
+        return f"http://images.test/{name}"
+
+
+@dataclass
+class FakeWorker:
+    name: str
+    block: int
+    cached: set[int] = field(default_factory=set)
+    queries: int = 0
+    hits: int = 0
+    requests: int = 0
+
+
+class FakeStack:
+    """The transport handler plus the attributes the gate reads from a ``Stack``."""
+
+    def __init__(self, tmp: Path, knobs: Knobs | None = None, workers: int = 2, block: int = 16) -> None:
+        self.knobs = knobs or Knobs()
+        self.block = block
+        self.images = FakeImages()
+        self.geometry: ImageGeometry = resolve_geometry(MODEL, family="qwen3_vl")
+        self.pool = [FakeWorker(f"worker{i}", block) for i in range(workers)]
+        self.router_index: list[set[int]] = [set() for _ in range(workers)]
+        self.rr = 0
+        self.lock = threading.Lock()
+        self.log_dir = tmp
+        self.log_prefix = "fake."
+        self.worker_urls = [f"http://w{i}.test" for i in range(workers)]
+        self.url = ROUTER
+        for i in range(workers):
+            self.log_path(f"worker{i}").write_text(f"worker worker{i} ready: block_size={block}\n")
+        rb = self.knobs.router_block or block
+        lines = [format_mm_startup(MODEL, rb)] if self.knobs.startup_line else []
+        self.log_path("router").write_text("\n".join(lines) + "\n")
+        caps = RouterCapabilities(records="harness", startup_line=True)
+        topo = Topology(
+            "fake",
+            "agg_router.sh",
+            marks=("pre_merge",),
+            workers=workers,
+            router="proxy",
+            policy="kv_mm",
+            block_size=block,
+            capabilities=caps,
+        )
+        self.case = Case(ModelProfile(MODEL, "qwen3-vl-2b", family="qwen3_vl"), topo)
+        self.spec: StackSpec = resolve_spec(self.case)
+        self.env: dict[str, str] = {}
+
+    # -- what the gate reads from a Stack ------------------------------------------------------------------
+    def log_path(self, component: str) -> Path:
+        return self.log_dir / f"{self.log_prefix}{component}.log"
+
+    @property
+    def router_log(self) -> Path:
+        return self.log_path("router")
+
+    def worker_logs(self) -> list[Path]:
+        return [self.log_path(f"worker{i}") for i in range(len(self.pool))]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self.handle), timeout=10)
+
+    # -- rendering as the engine does ---------------------------------------------------------------------
+    def image_bytes(self, url: str) -> bytes:
+        if url.startswith("data:"):
+            return base64.b64decode(url.partition(",")[2])
+        return self.images.files[url.rsplit("/", 1)[-1]]
+
+    def render(self, body: dict[str, Any]) -> tuple[Prompt, list[bytes], list[str]]:
+        turns = parse_chat(body["messages"])
+        parts = [p for t in turns for p in t.parts if isinstance(p, ImagePart)]
+        datas = [self.image_bytes(p.url) for p in parts]
+        counts = []
+        for p, data in zip(parts, datas, strict=True):
+            w, h = Image.open(io.BytesIO(data)).size
+            counts.append(
+                (p.uuid or mm_hash(MODEL, data), self.geometry.num_tokens(w, h) + self.knobs.worker_image_bonus)
+            )
+        return render_chat(turns, self.geometry.family, counts), datas, [p.url for p in parts]
+
+    def ctx(self, body: dict[str, Any]) -> BlockKeyContext:
+        return BlockKeyContext(cache_salt=body.get("cache_salt"))
+
+    # -- the transport --------------------------------------------------------------------------------------
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        host, path = request.url.host, request.url.path
+        body = json.loads(request.content) if request.content else {}
+        with self.lock:
+            if host == "router.test" and path == "/v1/chat/completions":
+                return self.route(request, body)
+            i = int(host[1:].split(".")[0])
+            if path == "/metrics":
+                return httpx.Response(200, text=self.metrics(i))
+            if path == "/tokenize":
+                prompt = self.render(body)[0]
+                return httpx.Response(200, json={"count": prompt.num_tokens, "tokens": prompt.token_ids})
+            if path == "/v1/chat/completions/render":
+                if not self.knobs.render_endpoint:
+                    return httpx.Response(404, json={"error": {"message": "not found"}})
+                prompt = self.render(body)[0]
+                ph = [{"offset": it.offset, "length": it.length} for it in prompt.mm_items]
+                return httpx.Response(200, json={"features": {"mm_placeholders": {"image": ph}}})
+            if path == "/v1/chat/completions":
+                return self.serve(i, body, request.headers.get("x-request-id", "-"))
+        return httpx.Response(404, json={"error": {"message": f"no route {path}"}})
+
+    def route(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        rid = request.headers.get("x-request-id", "-")
+        prompt, _, _ = self.render(body)
+        items = list(prompt.mm_items)
+        if self.knobs.router == "text_key":
+            items = [replace(it, hash="any") for it in items]
+        elif self.knobs.router == "first_image_only":
+            items = [it if n == 0 else replace(it, hash="any") for n, it in enumerate(items)]
+        rb = self.knobs.router_block or self.block
+        hashes = block_hashes(prompt.token_ids, rb, items, self.ctx(body))
+        overlaps = []
+        for idx in self.router_index:
+            n = 0
+            for h in hashes:
+                if h not in idx:
+                    break
+                n += 1
+            overlaps.append(n)
+        if self.knobs.router == "round_robin":
+            pick = self.rr % len(self.pool)
+            self.rr += 1
+        else:
+            best = max(overlaps)  # ties rotate, as the proxy's do, so new content spreads
+            ties = [i for i, o in enumerate(overlaps) if o == best]
+            pick = ties[self.rr % len(ties)]
+            self.rr += 1
+        self.router_index[pick].update(hashes)
+        if self.knobs.keep_records:
+            with self.router_log.open("a") as fh:
+                fh.write(
+                    format_routing(rid, self.pool[pick].name, overlaps[pick], len(hashes), self.knobs.router) + "\n"
+                )
+        return self.serve(pick, body, rid)
+
+    def serve(self, i: int, body: dict[str, Any], rid: str) -> httpx.Response:
+        w = self.pool[i]
+        prompt, datas, _ = self.render(body)
+        hashes = block_hashes(prompt.token_ids, w.block, prompt.mm_items, self.ctx(body))
+        limit = len(hashes) if self.knobs.no_last_token_rule else (prompt.num_tokens - 1) // w.block
+        hit = 0
+        for h in hashes[:limit]:
+            if h not in w.cached:
+                break
+            hit += 1
+        cached = hit * w.block
+        w.cached.update(hashes)
+        w.queries += prompt.num_tokens
+        w.hits += cached
+        w.requests += 1
+        text = describe_images([dominant_colours(d) for d in datas]) if datas else "ok"
+        usage = {
+            "prompt_tokens": prompt.num_tokens,
+            "completion_tokens": 4,
+            "total_tokens": prompt.num_tokens + 4,
+            "prompt_tokens_details": {"cached_tokens": cached + self.knobs.misreport},
+        }
+        payload = {
+            "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        headers = {"X-Served-By": w.name} if self.knobs.send_served_by else {}
+        with self.log_path(w.name).open("a") as fh:
+            fh.write(f"request_id={rid} POST /v1/chat/completions status=200\n")
+        return httpx.Response(200, json=payload, headers=headers)
+
+    def metrics(self, i: int) -> str:
+        w = self.pool[i]
+        labels = 'model_name="m",engine="0"'
+        return (
+            f"# TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total{{{labels}}} {w.queries}\n"
+            f"# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{{{labels}}} {w.hits}\n"
+            f"# TYPE vllm:request_success counter\n"
+            f'vllm:request_success_total{{{labels},finished_reason="stop"}} {w.requests}\n'
+            f"# TYPE vllm:cache_config_info gauge\n"
+            f'vllm:cache_config_info{{block_size="{w.block}",enable_prefix_caching="True"}} 1.0\n'
+        )

@@ -1,0 +1,45 @@
+"""Evidence rules: required checks from capabilities; a required n/a fails as insufficient evidence."""
+
+from __future__ import annotations
+
+from harness.gate.checks import CheckResult
+from harness.gate.evidence import insufficient, na_summary, required_checks
+from harness.profiles import RouterCapabilities
+
+
+def test_required_follows_capabilities() -> None:
+    proxy = required_checks(
+        RouterCapabilities(records="harness", startup_line=True),
+        workers=2,
+        has_router=True,
+        adapter=False,
+        family_anchored=True,
+    )
+    assert {
+        "router does not claim the new image's blocks",
+        "router and workers agree on the block size",
+        "different images spread under load",
+        "repeat co-locates",
+    } <= proxy
+    plain = required_checks(RouterCapabilities(), workers=2, has_router=True, adapter=False, family_anchored=False)
+    assert "router does not claim the new image's blocks" not in plain and "repeat co-locates" in plain
+    blind = required_checks(
+        RouterCapabilities(attribution=()), workers=2, has_router=True, adapter=False, family_anchored=False
+    )
+    assert "repeat co-locates" not in blind
+    lora = required_checks(RouterCapabilities(), workers=2, has_router=True, adapter=True, family_anchored=False)
+    assert "different images spread under load" not in lora
+
+
+def test_insufficient_evidence() -> None:
+    checks = [
+        CheckResult("a", True, "-", "-"),
+        CheckResult("b", None, "-", "no header"),
+        CheckResult("c", None, "-", "single worker"),
+    ]
+    out = insufficient(checks, {"a", "b", "d"})
+    assert [c.name for c in out] == ["insufficient evidence: b", "insufficient evidence: d"]
+    assert all(c.passed is False and c.kind == "evidence" for c in out)
+    assert "no header" in out[0].actual and out[1].actual == "never ran"
+    assert insufficient(checks, {"a"}) == []
+    assert na_summary(checks) == [{"name": "b", "reason": "no header"}, {"name": "c", "reason": "single worker"}]

@@ -1,0 +1,154 @@
+"""The gate's scenario against scripted stacks: a correct one passes, and each broken one fails the check that
+exists to catch it, so a check that cannot fail shows up here and not in production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.gate import scenario
+from harness.gate.scenario import Gate, GateResult
+from harness.mm import image_tokens
+from harness.profiles import RouterCapabilities
+from tests.unit.gate_fakes import FakeStack, Knobs
+
+
+def run(
+    tmp_path: Path,
+    knobs: Knobs | None = None,
+    workers: int = 2,
+    caps: RouterCapabilities | None = None,
+    suite: str = "post_merge",
+) -> GateResult:
+    stack = FakeStack(tmp_path, knobs, workers)
+    if caps is not None:
+        stack.spec = stack.spec.__class__(**{**stack.spec.__dict__, "capabilities": caps})
+    with stack.client() as client:
+        return Gate(stack, stack.images, client, suite=suite).run()  # type: ignore[arg-type]
+
+
+def failed(result: GateResult) -> set[str]:
+    return {c.name for c in result.failures}
+
+
+def verdict(result: GateResult, name: str) -> str:
+    return next(c.verdict for c in result.checks if c.name == name)
+
+
+def test_a_correct_stack_passes_every_check(tmp_path: Path) -> None:
+    result = run(tmp_path)
+    assert result.passed, result.report()
+    assert not result.not_applicable, result.not_applicable
+    assert set(result.required) <= {c.name for c in result.checks if c.passed}
+    assert result.thresholds["image_tokens_512x512"] == {
+        "value": 256,
+        "source": "reference",
+        "detail": "builtin:qwen3_vl",
+    }
+    assert result.thresholds["template_prefix"]["source"] == "probe"
+    # The main prompt is padded to whole blocks so the repeat shows vLLM's last-token rule: P - 16 cached.
+    repeat = next(r for r in result.replies if r.tag == "repeat")
+    assert repeat.prompt_tokens % 16 == 0 and repeat.cached_tokens == repeat.prompt_tokens - 16
+
+
+def test_pre_merge_suite_skips_the_post_merge_steps(tmp_path: Path) -> None:
+    result = run(tmp_path, suite="pre_merge")
+    assert result.passed, result.report()
+    names = {c.name for c in result.checks}
+    assert "staircase: each added image adds the same cached blocks" in names
+    assert "same picture at another resolution: a miss" not in names
+    assert {c.suite for c in result.checks} == {"pre_merge"}
+
+
+def test_dropping_the_last_token_rule_fails_the_repeat(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(no_last_token_rule=True))
+    assert "repeat hits the image blocks" in failed(result)
+
+
+def test_sixteen_more_image_tokens_in_the_shared_core_fail_the_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault moves the stack *and* the oracle (both use harness.mm): only the published anchors catch it."""
+    real = image_tokens.qwen_vl_tokens
+    monkeypatch.setattr(image_tokens, "qwen_vl_tokens", lambda *a, **kw: real(*a, **kw) + 16)
+    result = run(tmp_path)
+    assert "reference image-token formula matches published counts" in failed(result)
+    assert not result.passed
+
+
+def test_workers_counting_other_image_tokens_fail_probe_and_render(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(worker_image_bonus=16))
+    assert {
+        "stack's image-token count (probe) matches the reference",
+        "stack's render endpoint matches the reference",
+    } <= failed(result)
+
+
+def test_text_key_router_is_rejected_on_routing_for_claiming_other_images(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(router="text_key"))
+    assert "routing" in result.failed_kinds()
+    assert {
+        "router does not claim the new image's blocks",
+        "router's claimed overlap does not exceed the worker's cache",
+        "different images spread under load",
+    } <= failed(result)
+    with pytest.raises(AssertionError):
+        result.assert_verdict(control=True)
+
+
+def test_first_image_only_router_claims_past_the_changed_second_image(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(router="first_image_only"))
+    assert "router stops at the changed second image" in failed(result)
+
+
+def test_round_robin_fails_colocation_and_the_exact_hits(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(router="round_robin"))
+    assert {"repeat co-locates", "repeat hits the image blocks", "repeats stay on the cached worker under load"} <= (
+        failed(result)
+    )
+
+
+def test_router_block_size_unlike_the_workers_fails_a_routing_check(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(router_block=32))
+    assert {"router and workers agree on the block size", "MM-aware routing start-up line"} <= failed(result)
+    assert verdict(result, "router and workers agree on the block size") == "FAIL"
+
+
+def test_misreported_cached_tokens_fail_hits_and_metrics(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(misreport=16))
+    assert {"/metrics prefix-cache hits match responses", "repeat hits the image blocks"} <= failed(result)
+
+
+def test_no_served_by_header_falls_back_to_counter_deltas(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(send_served_by=False))
+    assert result.passed, result.report()
+    colocates = next(c for c in result.checks if c.name == "repeat co-locates")
+    assert colocates.source == "metrics"
+    burst = next(c for c in result.checks if c.name == "different images spread under load")
+    assert burst.passed and burst.source == "metrics"
+
+
+def test_no_attribution_at_all_is_insufficient_evidence_not_a_false_failure(tmp_path: Path) -> None:
+    caps = RouterCapabilities(records="harness", startup_line=True, attribution=("header",))
+    result = run(tmp_path, Knobs(send_served_by=False), caps=caps)
+    assert verdict(result, "different images spread under load") == "n/a"  # never a failure on {None: 6}
+    assert "insufficient evidence: different images spread under load" in failed(result)
+    assert result.failed_kinds() == {"evidence"}
+    with pytest.raises(scenario.GateBroken, match="not on routing"):
+        result.assert_verdict(control=True)  # missing evidence never rejects a control
+
+
+def test_a_router_declared_to_keep_records_without_them_fails(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(keep_records=False))
+    assert {
+        "router does not claim the new image's blocks",
+        "router keys the whole prompt as the workers expand it",
+    } <= (failed(result))
+
+
+def test_no_render_endpoint_is_na_with_its_reason(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(render_endpoint=False))
+    assert result.passed, result.report()
+    na = {n["name"]: n["reason"] for n in result.not_applicable}
+    assert na["stack's render endpoint matches the reference"] == "the worker has no render endpoint"
