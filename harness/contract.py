@@ -138,9 +138,9 @@ _HARNESS_RE = re.compile(
 #:   x_request_id="<the client's X-Request-Id>" request_id=<span id> model="..."``
 #: Tracing writes the span *names* before the message and the span *fields* after it, so client text (the
 #: ``x_request_id`` and ``uri`` fields) only ever follows the record: the record is the message that directly
-#: follows the header, span names and target (or starts the line). The ``request_id`` right after the record is Dynamo's own id (its
-#: ``chatcmpl-`` suffix); the client's id is the first ``x_request_id="..."`` field after the message, a
-#: Debug-quoted string (quotes inside it are escaped, so a client cannot close it early).
+#: follows the header, span names and target (or starts the line). The ``request_id`` right after the record is
+#: Dynamo's own id (its ``chatcmpl-`` suffix); the client's id is the first ``x_request_id="..."`` field after
+#: the message, a Debug-quoted string (quotes inside it are escaped, so a client cannot close it early).
 _DYNAMO_RE = re.compile(
     r"(?:\d{4}-\d\d-\d\dT[\d:.]+Z? +[A-Z]+ +(?:[\w.:-]+: )*)?"
     r"\[ROUTING\] Best: (?P<worker>worker_\d+)(?: dp_rank=\d+)? with (?P<overlap>\d+)/(?P<total>\d+) blocks overlap"

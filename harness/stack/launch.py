@@ -14,17 +14,29 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness import contract as c
 from harness.contract import parse_failed, parse_phases, parse_ready
 from harness.profiles import Case, default_launch_dir
-from harness.stack.ports import allocate_ports, release_ports
+from harness.stack.ports import allocate_ports, port_is_free, release_ports
 from harness.stack.processes import ManagedProcess, ProcessExitedError, spawn, tail, wait_until
 from harness.stack.spec import StackSpec, resolve_spec
 
 
 class LaunchError(RuntimeError):
-    pass
+    """A stack that did not come up. ``reason`` is one line (the script's ``HARNESS_FAILED`` reason, or why the
+    wait ended); ``component`` names the part that failed (``launch`` when none is named) and ``log_tail`` is the
+    end of its log: what a report shows instead of a traceback."""
+
+    def __init__(self, message: str, *, reason: str = "", component: str = "launch", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message.splitlines()[0]
+        self.component = component
+        self.log_tail = log_tail
+
+    def to_json(self) -> dict[str, str]:
+        return {"reason": self.reason, "component": self.component, "log_tail": self.log_tail}
 
 
 @dataclass
@@ -101,15 +113,26 @@ def start_stack(
     extra_env: Mapping[str, str] | None = None,
     launch_dir: Path | None = None,
     timeout_s: float | None = None,
+    port: int | None = None,
 ) -> Stack:
+    """Boot ``case``; ``port`` fixes the front door's port (``harness stack up --port``), else one is allocated."""
     spec = resolve_spec(case, os.environ)
     script = (launch_dir or default_launch_dir()) / spec.script
     if not script.is_file():
         raise LaunchError(f"{case.id}: launch script {script} does not exist")
+    if port is not None and not port_is_free(port):
+        raise LaunchError(f"{case.id}: port {port} is in use on 127.0.0.1")
     ports = allocate_ports(2 + spec.workers)
-    prefix = f"{case.id}."
-    env = case_env(spec, ports, log_dir, prefix, extra_env or {})
-    proc = spawn(f"{case.id}/launch", ["bash", str(script)], log_dir / f"{prefix}launch.log", env=env)
+    if port is not None:
+        release_ports(ports[:1])
+        ports[0] = port
+    try:
+        prefix = f"{case.id}."
+        env = case_env(spec, ports, log_dir, prefix, extra_env or {})
+        proc = spawn(f"{case.id}/launch", ["bash", str(script)], log_dir / f"{prefix}launch.log", env=env)
+    except BaseException:
+        release_ports(ports)
+        raise
     workers = [f"http://127.0.0.1:{p}" for p in ports[2:]]
     stack = Stack(case, spec, "", proc, log_dir, prefix, workers, ports, env=env)
     deadline = timeout_s if timeout_s is not None else spec.timeout_s
@@ -122,14 +145,36 @@ def start_stack(
             return url is not None
 
         wait_until(ready, deadline, interval_s=0.05, procs=[proc], what=f"{case.id} to print HARNESS_READY")
+        boot_log = proc.log_path.read_text(errors="replace")
+        stack.phases = parse_phases(boot_log)
+        stack.worker_urls = c.parse_workers(boot_log) or stack.worker_urls  # a script that chose its own
     except (ProcessExitedError, TimeoutError) as exc:
         text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
         failed = parse_failed(text)
         stop_stack(stack)
         reason = failed or str(exc).splitlines()[0]
-        raise LaunchError(f"{case.id}: stack did not come up: {reason}\n{_tails(stack)}") from None
-    stack.phases = parse_phases(proc.log_path.read_text())
+        tails = stack.log_tails(40)
+        component = failing_component(reason, tails)
+        raise LaunchError(
+            f"{case.id}: stack did not come up: {reason}\n{_tails(stack)}",
+            reason=reason,
+            component=component,
+            log_tail=tails.get(component, ""),
+        ) from None
+    except BaseException:
+        # Anything else that ends the wait (Ctrl-C, SIGTERM as KeyboardInterrupt, pytest-timeout's exception)
+        # must not leave a half-booted stack running until pytest exits: nobody else holds it yet.
+        stop_stack(stack)
+        raise
     return stack
+
+
+def failing_component(reason: str, tails: Mapping[str, str]) -> str:
+    """The component a failure reason names (lib.sh's ``die`` reasons start with it, e.g. ``worker1 exited with
+    code 7 ...``), if it has a log; else ``launch``, the script's own log."""
+    words = reason.replace(":", " ").split()
+    first = words[0] if words else ""
+    return first if first in tails else "launch"
 
 
 def _tails(stack: Stack) -> str:
@@ -138,13 +183,17 @@ def _tails(stack: Stack) -> str:
 
 def stop_stack(stack: Stack, grace_s: float = 5.0) -> float:
     t0 = time.monotonic()
-    stack.proc.terminate(grace_s)
-    release_ports(stack.ports)
+    try:
+        stack.proc.terminate(grace_s)
+    finally:
+        release_ports(stack.ports)
     return time.monotonic() - t0
 
 
 @contextmanager
-def launched(case: Case, log_dir: Path, **kw) -> Iterator[Stack]:
+def launched(case: Case, log_dir: Path, **kw: Any) -> Iterator[Stack]:
+    """A running stack for the with-block, torn down however the block ends. A boot that is cut short (Ctrl-C,
+    SIGTERM, a pytest-timeout) is torn down by ``start_stack`` itself."""
     stack = start_stack(case, log_dir, **kw)
     try:
         yield stack

@@ -257,8 +257,21 @@ def test_dynamo_client_text_cannot_shadow_or_forge_a_record() -> None:
 
 
 def test_coloured_dynamo_line_parses() -> None:
-    line = "\x1b[2m2025-01-01T00:00:00.123Z\x1b[0m \x1b[34mDEBUG\x1b[0m dynamo_llm::kv_router: " + (
-        '[ROUTING] Best: worker_2 with 1/4 blocks overlap request_id=own-id x_request_id="c1"'
-    )
+    """Captured with ``DYN_SDK_DISABLE_ANSI_LOGGING=0`` (the launch script turns colours off; a user may not);
+    ``~`` stands for ESC."""
+    line = (
+        '~[2m2026-12-02T07:06:20.096418Z~[0m ~[34mDEBUG~[0m '
+        '~[1mhttp-request~[0m:~[1mkv_router.select_worker~[0m: '
+        '~[2mdynamo_llm::kv_router::routing_host::kv_selection~[0m~[2m:~[0m [ROUTING] Best: '
+        'worker_6377265082176159264 dp_rank=0 with 0/2 blocks overlap '
+        '~[3mrequest_id~[0m~[2m=~[0m978f8b4d-43b7-46a5-9796-f8d879e0ead9 '
+        '~[3mworker_id~[0m~[2m=~[0m6377265082176159264 ~[3mdp_rank~[0m~[2m=~[0m0 '
+        '~[3moverlap_blocks~[0m~[2m=~[0m0 ~[3mtotal_blocks~[0m~[2m=~[0m2 '
+        '~[2m~[3mmethod~[0m~[2m=~[0mPOST ~[3muri~[0m~[2m=~[0m/v1/chat/completions '
+        '~[3mversion~[0m~[2m=~[0mHTTP/1.1 ~[3mx_request_id~[0m~[2m=~[0m"ansi-1" '
+        '~[3mrequest_id~[0m~[2m=~[0m6b62dbe6-64e4-423e-a802-b5aeb12038af '
+        '~[3mmodel~[0m~[2m=~[0m"Qwen/Qwen3-VL-2B-Instruct"~[0m'
+    ).replace("~", "\x1b")
     (r,) = parse_routing_records(line)
-    assert (r.worker, r.request_id) == ("worker_2", "c1")
+    assert (r.worker, r.overlap_blocks, r.total_blocks) == ("worker_6377265082176159264", 0, 2)
+    assert r.request_id == "ansi-1"
