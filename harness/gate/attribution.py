@@ -88,7 +88,12 @@ def worker_of(
         nvext = body.get("nvext") if isinstance(body, Mapping) else None
         if isinstance(nvext, Mapping):
             value = nvext.get(source.field)
-            if value is not None and value != "":
+            if isinstance(value, Mapping):
+                # Dynamo 1.6.1 answers ``"worker_id": {"prefill_worker_id": N, "prefill_dp_rank": 0,
+                # "decode_worker_id": N, "decode_dp_rank": 0}`` (observed); the decode worker holds the request's
+                # KV blocks at the end, and equals the prefill worker in an aggregated stack.
+                value = value.get("decode_worker_id", value.get("prefill_worker_id"))
+            if value is not None and value != "" and not isinstance(value, Mapping | list):
                 return f"{source.prefix}{value}"
         return None
     return None

@@ -28,6 +28,11 @@ def test_nvext_asks_for_the_worker_id_and_reads_it_back():
     src = NvextAttribution()
     assert request_fields(src) == {"nvext": {"extra_fields": ["worker_id"]}}
     assert worker_of(src, {}, {"nvext": {"worker_id": 7}}) == "worker_7"
+    # Dynamo 1.6.1's shape (captured from its frontend): the worker ids of both phases.
+    ids = {"prefill_worker_id": 9456074223902533122, "prefill_dp_rank": 0, "decode_worker_id": 9456074223902533122}
+    assert worker_of(src, {}, {"nvext": {"worker_id": {**ids, "decode_dp_rank": 0}}}) == "worker_9456074223902533122"
+    assert worker_of(src, {}, {"nvext": {"worker_id": {"prefill_worker_id": 5}}}) == "worker_5"
+    assert worker_of(src, {}, {"nvext": {"worker_id": {}}}) is None
     assert worker_of(src, {}, {"choices": []}) is None
     assert request_fields(HeaderAttribution()) == {}
 
