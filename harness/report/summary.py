@@ -1,7 +1,8 @@
 """Summarise a run directory (``reports/<ts>/``): cases/*.json + junit.xml -> summary.md and run.json.
 
 A gate case reads ``pass`` when it passed; a control reads ``rejected`` when the gate failed it as it must, and
-``GOT THROUGH`` when it passed (the gate has no teeth: the run fails).
+``GOT THROUGH`` when it passed (the gate has no teeth: the run fails). A run is green only when it ran at least
+one case, every case is as expected and pytest itself exited 0: an empty, interrupted or killed run is red.
 """
 
 from __future__ import annotations
@@ -23,7 +24,38 @@ class RunTotals:
 
     @property
     def green(self) -> bool:
-        return self.failed == 0 and self.controls_through == 0
+        """Every case as expected, and at least one case: a run that gated nothing proves nothing."""
+        return self.cases > 0 and self.failed == 0 and self.controls_through == 0
+
+
+#: pytest's exit codes (``pytest.ExitCode``), for the report; a negative code is the signal that killed it.
+EXIT_MEANINGS = {
+    1: "tests failed",
+    2: "interrupted",
+    3: "internal error",
+    4: "usage error",
+    5: "no tests collected",
+}
+
+
+def run_problems(t: RunTotals, run: dict[str, Any] | None) -> list[str]:
+    """Why a run is red beyond its cases' verdicts: no case ran, pytest did not exit 0, the run was interrupted.
+    ``run`` is run.json's ``run`` object (None for a run directory written without one)."""
+    run = run or {}
+    problems = []
+    if run.get("interrupted"):
+        problems.append(f"interrupted by {run['interrupted']}: cases that did not finish are missing or errors")
+    code = run.get("exit_code")
+    if code not in (None, 0) and not (code == 1 and t.cases and not t.green):  # 1 = the failures listed below
+        meaning = f"killed by signal {-code}" if code < 0 else EXIT_MEANINGS.get(code, "unknown exit code")
+        problems.append(f"pytest exited with code {code} ({meaning})")
+    if t.cases == 0:
+        problems.append(run.get("no_selection") or "no case ran")
+    return problems
+
+
+def run_green(t: RunTotals, run: dict[str, Any] | None) -> bool:
+    return t.green and not run_problems(t, run)
 
 
 def load_cases(run_dir: Path) -> list[dict[str, Any]]:
@@ -68,17 +100,22 @@ def _failed_checks(record: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_markdown(run_dir: Path, records: list[dict[str, Any]], title: str = "mmharness run") -> str:
+def render_markdown(
+    run_dir: Path, records: list[dict[str, Any]], title: str = "mmharness run", run: dict[str, Any] | None = None
+) -> str:
     t = totals(records)
-    status = "PASS" if t.green and t.cases else "FAIL"
+    problems = run_problems(t, run)
+    status = "PASS" if t.green and not problems else "FAIL"
     lines = [
         f"# {title}: {status}",
         "",
+        *[f"**{p}**" for p in problems],
+        *([""] if problems else []),
         f"{t.cases} case(s): {t.ok} as expected, {t.failed} failed; controls rejected {t.controls_rejected}, "
         f"controls that got through {t.controls_through}.",
         "",
-        "| case | expect | verdict | boot s | checks s | KV hit rate | requests per worker | failed checks |",
-        "|---|---|---|---:|---:|---:|---|---|",
+        "| case | expect | verdict | boot s | checks s | KV hit rate | requests per worker | failed checks | n/a |",
+        "|---|---|---|---:|---:|---:|---|---|---:|",
     ]
     for r in records:
         phases = r.get("phases") or {}
@@ -89,16 +126,21 @@ def render_markdown(run_dir: Path, records: list[dict[str, Any]], title: str = "
         lines.append(
             f"| {r.get('case')} | {r.get('expect')} | {verdict(r)} | {phases.get('boot_total', '-')} | "
             f"{phases.get('checks', '-')} | {'-' if rate is None else f'{rate:.2f}'} | {per_worker or '-'} | "
-            f"{len(failed)} |"
+            f"{len(failed)} | {len(gate.get('not_applicable') or [])} |"
         )
+    na_rows = [(r.get("case"), (r.get("gate") or {}).get("not_applicable") or []) for r in records]
+    if any(na for _, na in na_rows):  # n/a is never a pass: each one says why the check did not apply
+        lines += ["", "## Not applicable checks (with reasons)", ""]
+        for case, na in na_rows:
+            if na:
+                lines.append(f"- **{case}**: " + "; ".join(f"{n['name']}: {n['reason']}" for n in na))
     details = [r for r in records if _failed_checks(r) or r.get("error")]
     if details:
         lines += ["", "## Failed checks (controls are expected to have some)", ""]
         for r in details:
             lines.append(f"- **{r.get('case')}** ({verdict(r)})")
             lines += [f"  - {c}" for c in _failed_checks(r)]
-            if r.get("error"):
-                lines.append(f"  - setup error: `{str(r['error']).splitlines()[-1][:300]}`")
+            lines += _error_lines(r)
     phase_rows = [(r.get("case"), r.get("phases") or {}) for r in records]
     lines += [
         "",
@@ -116,16 +158,50 @@ def render_markdown(run_dir: Path, records: list[dict[str, Any]], title: str = "
     return "\n".join(lines)
 
 
-def write_summary(run_dir: Path, title: str = "mmharness run") -> RunTotals:
+def _error_lines(record: dict[str, Any]) -> list[str]:
+    """A case that never reached its checks: a stack that did not come up shows its reason, the failing component
+    and the end of that component's log; any other error its one-line message."""
+    launch = record.get("launch_error")
+    if isinstance(launch, dict):
+        out = [f"  - stack did not come up: {launch.get('reason', '?')} (component: {launch.get('component', '?')})"]
+        log_tail = str(launch.get("log_tail") or "").splitlines()[-15:]
+        if log_tail:
+            out += ["", "    ```", *[f"    {line}" for line in log_tail], "    ```", ""]
+        return out
+    if record.get("outcome") == "interrupted":
+        return ["  - interrupted before it finished (the run was cut short)"]
+    error = str(record.get("error") or "").strip()
+    if not error:
+        return []
+    return [f"  - setup error: `{error.splitlines()[-1][:300]}`"]
+
+
+def previous_run_info(run_dir: Path) -> dict[str, Any] | None:
+    """The ``run`` object of an existing run.json, so that re-rendering a run keeps how it ended."""
+    try:
+        run = json.loads((run_dir / "run.json").read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run if isinstance(run, dict) else None
+
+
+def write_summary(run_dir: Path, title: str = "mmharness run", run: dict[str, Any] | None = None) -> RunTotals:
+    """summary.md and run.json from the case records. ``run`` (how the run was started and ended: exit code,
+    command line, commit, versions, times) goes into run.json and decides, with the cases, whether it is green;
+    without one, an existing run.json's is kept."""
     from harness.report.gpu import gpu_section
 
+    if run is None:
+        run = previous_run_info(run_dir)
     records = load_cases(run_dir)
-    (run_dir / "summary.md").write_text(render_markdown(run_dir, records, title) + gpu_section(run_dir, records))
+    md = render_markdown(run_dir, records, title, run)
+    (run_dir / "summary.md").write_text(md + gpu_section(run_dir, records))
     t = totals(records)
     (run_dir / "run.json").write_text(
         json.dumps(
             {
-                "totals": t.__dict__ | {"green": t.green},
+                "run": run,
+                "totals": t.__dict__ | {"green": run_green(t, run)},
                 "junit": junit_counts(run_dir),
                 "cases": records,
             },

@@ -56,6 +56,20 @@ def _load(path: Path) -> dict[str, list[float]]:
     }
 
 
+def _store(path: Path, reserved: dict[str, list[float]]) -> None:
+    """Replace the reservation file atomically: a reader (or a writer killed mid-write) never sees half a file,
+    which ``_load`` would read as "nothing reserved" and hand live ports out again."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(reserved, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
@@ -84,7 +98,7 @@ def allocate_ports(n: int, host: str = "127.0.0.1", owner_pid: int | None = None
         now = time.time()
         for port in chosen:
             reserved[str(port)] = [owner, now]
-        path.write_text(json.dumps(reserved))
+        _store(path, reserved)
     return chosen
 
 
@@ -93,4 +107,4 @@ def release_ports(ports: list[int]) -> None:
         reserved = _load(path)
         for port in ports:
             reserved.pop(str(port), None)
-        path.write_text(json.dumps(reserved))
+        _store(path, reserved)

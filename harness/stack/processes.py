@@ -25,11 +25,23 @@ except (OSError, AttributeError):
     _prctl = None
 
 
-def _terminate_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGTERM it when the parent dies. Launch scripts trap SIGTERM
-    and end their own children, so even a SIGKILLed pytest worker leaves no stack behind."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` (it runs in the child between fork and exec) that has the kernel send ``sig`` to the
+    child when the process that started it dies, SIGKILL included (``prctl(2)`` PR_SET_PDEATHSIG, Linux only).
+
+    The parent's pid is taken before the fork: if the parent died before ``prctl`` took effect, the signal was
+    never armed, so the child ends before it execs (the race ``prctl(2)`` itself warns about). The signal is tied
+    to the *thread* that forked, so start the child from a thread that lives as long as the child should."""
+    parent = os.getpid()
+
+    def arm() -> None:
+        if _prctl is None:
+            return
+        _prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os._exit(128 + sig)
+
+    return arm
 
 
 class ProcessExitedError(RuntimeError):
@@ -99,12 +111,15 @@ class ManagedProcess:
 
     def terminate(self, grace_s: float = 5.0) -> int | None:
         """SIGTERM the group, wait ``grace_s``, then SIGKILL it. Returns the exit code."""
-        if self.alive:
-            self.signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(grace_s)
-        # Children may outlive the leader; the group is ours either way.
-        self.signal_group(signal.SIGKILL)
+        try:
+            if self.alive:
+                self.signal_group(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(grace_s)
+        finally:
+            # Children may outlive the leader; the group is ours either way. Also reached when the grace wait is
+            # cut short (a second Ctrl-C, pytest-timeout's SIGALRM): the group is never left half-ended.
+            self.signal_group(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(grace_s)
         return self.popen.returncode
@@ -127,7 +142,8 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_terminate_with_parent,
+            # Launch scripts trap SIGTERM and end their own children: even a SIGKILLed pytest leaves no stack.
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
     return ManagedProcess(name=name, argv=list(argv), log_path=log_path, popen=popen)
 

@@ -1,5 +1,7 @@
-"""The pytest plugin, run as pytest runs it: profile cases as parameters, -m by mark, the VRAM budget, the dry-run
-plan, strict xfail for controls, and per-case records (with a fake launch script, no real stack)."""
+"""The pytest plugin, run in-process as pytest runs it: profile cases as parameters, -m by mark, the VRAM budget,
+the dry-run plan, strict xfail for controls, per-case timeouts, an empty selection as a failure that explains
+itself, and the record of a stack that could not start (no process is started here; the records of real fake
+stacks are in tests/e2e/test_plugin_stacks.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.profiles import default_launch_dir
-from harness.report.summary import verdict, write_summary
-from harness.stack import ports
+from harness.pytest_plugin import CHECKS_BUDGET_S, TEARDOWN_BUDGET_S
+from harness.report.summary import write_summary
 
 pytest_plugins = ["pytester"]
 
@@ -158,98 +159,127 @@ def test_control_error_is_not_a_rejection(suite: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*FAILED test_err.py::test_err[[]mm_ctrl_m[]]*"])
 
 
-# --- per-case records, with a fake launch script ---------------------------------------------------------------
-
-STACK_PROFILE = """\
-from harness.profiles import Case, ModelProfile, Topology
-
-M = ModelProfile("org/m-vl", "m")
-CASES = [
-    Case(M, Topology("gate", "fake.sh", marks=("pre_merge",), timeout_s=20)),
-    Case(M, Topology("ctrl", "fake.sh", marks=("pre_merge",), timeout_s=20, expect="fail")),
-    Case(M, Topology("ctrl", "fake.sh", marks=("pre_merge",), timeout_s=20, expect="fail"), suffix="reject"),
-    # A control whose stack never comes up has not been rejected by the gate: it is an error.
-    Case(M, Topology("broken", "die.sh", marks=("pre_merge",), timeout_s=20, expect="fail")),
-]
-"""
-STACK_TEST = """\
-def test_stack(harness_stack):
-    assert harness_stack.url.startswith("http://127.0.0.1:")
-    assert not harness_stack.case.id.endswith("_reject")
-"""
-FAKE_SH = f"""\
-#!/usr/bin/env bash
-source "{default_launch_dir().resolve() / "lib.sh"}"
-spawn worker0 sleep 300
-phase launch_workers
-FRONT_URL="http://127.0.0.1:$HARNESS_HTTP_PORT"
-phase router
-serve
-"""
-DIE_SH = f"""\
-#!/usr/bin/env bash
-source "{default_launch_dir().resolve() / "lib.sh"}"
-die "worker0 crashed"
-"""
-
-
-def test_records_and_summary_from_a_run(
-    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(ports.ENV_DIR, str(tmp_path / "ports"))
-    (pytester.mkdir("profiles") / "cases.py").write_text(STACK_PROFILE)
-    launch = pytester.mkdir("launch")
-    (launch / "fake.sh").write_text(FAKE_SH)
-    (launch / "die.sh").write_text(DIE_SH)
-    pytester.makepyfile(test_stack=STACK_TEST)
-    report = tmp_path / "report"
-    result = run(
-        pytester,
-        "--harness-launch-dir",
-        str(pytester.path / "launch"),
-        "--harness-report-dir",
-        str(report),
-    )
-    result.assert_outcomes(passed=1, failed=1, xfailed=1, errors=1)
-    records = {p.stem: json.loads(p.read_text()) for p in (report / "cases").glob("*.json")}
-    assert set(records) == {"mm_gate_m", "mm_ctrl_m", "mm_ctrl_m_reject", "mm_broken_m"}
-    assert {k: r["outcome"] for k, r in records.items()} == {
-        "mm_gate_m": "passed",
-        "mm_ctrl_m": "xpassed",
-        "mm_ctrl_m_reject": "xfailed",
-        "mm_broken_m": "failed",
-    }
-    assert {k: verdict(r) for k, r in records.items()} == {
-        "mm_gate_m": "pass",
-        "mm_ctrl_m": "GOT THROUGH",
-        "mm_ctrl_m_reject": "rejected",
-        "mm_broken_m": "error (failed)",
-    }
-    assert "worker0 crashed" in records["mm_broken_m"]["error"]
-    gate = records["mm_gate_m"]
-    assert gate["expect"] == "pass" and records["mm_ctrl_m"]["expect"] == "fail"
-    assert gate["marks"] == ["sim", "pre_merge"]
-    assert gate["model"] == "org/m-vl" and gate["topology"] == "gate"
-    assert {"boot_total", "launch_workers", "router", "teardown"} <= set(gate["phases"])
-    assert Path(gate["logs"]) == report / "logs"
-    assert (report / "logs" / "mm_gate_m.launch.log").read_text().count("HARNESS_READY url=") == 1
-    assert ports._load(tmp_path / "ports" / "reserved.json") == {}  # every stack released its ports
-
-    totals = write_summary(report)
-    assert (totals.cases, totals.ok, totals.failed, totals.controls_through, totals.controls_rejected) == (
-        4,
-        2,
-        1,
-        1,
-        1,
-    )
-    assert not totals.green
-    assert "| mm_ctrl_m | fail | GOT THROUGH |" in (report / "summary.md").read_text()
-
-
 def test_plugin_registers_ci_markers(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-p", "no:cacheprovider", "--markers")
     out = result.stdout.str()
     for name in ("pre_merge", "post_merge", "nightly", "sim", "vllm", "gpu_1"):
         assert f"@pytest.mark.{name}:" in out
     assert "--harness-dry-run" in pytester.runpytest("--help").stdout.str()
+
+
+# --- per-case timeouts -----------------------------------------------------------------------------------------
+
+TIMEOUT_PROFILE = """\
+from harness.profiles import Case, ModelProfile, Topology
+
+M = ModelProfile("org/m-vl", "m")
+CASES = [
+    Case(M, Topology("quick", "fake.sh", timeout_s=20)),
+    Case(M, Topology("slow", "fake.sh", timeout_s=900)),
+    Case(M, Topology("quick", "fake.sh", timeout_s=20), suffix="long", overrides={"timeout_s": 600}),
+]
+"""
+TIMEOUT_TEST = """\
+import time
+from pathlib import Path
+
+
+def test_timeout(harness_case, request):
+    (marker,) = [m for m in request.node.iter_markers("timeout")]
+    with open(Path(__file__).parent / "timeouts.txt", "a") as fh:
+        fh.write(f"{harness_case.id} {marker.args[0]}\\n")
+    if harness_case.id == "mm_quick_m":
+        time.sleep(1.5)  # longer than the ini's 1 s: it passes only if the case's own timeout wins
+"""
+
+
+def test_each_case_gets_its_own_timeout(pytester: pytest.Pytester) -> None:
+    (pytester.mkdir("profiles") / "cases.py").write_text(TIMEOUT_PROFILE)
+    pytester.makepyfile(test_timeout=TIMEOUT_TEST)
+    pytester.makeini("[pytest]\ntimeout = 1\n")
+    result = run(pytester)
+    result.assert_outcomes(passed=3)
+    got = dict(line.split() for line in (pytester.path / "timeouts.txt").read_text().splitlines())
+    budget = CHECKS_BUDGET_S + TEARDOWN_BUDGET_S
+    assert {k: float(v) for k, v in got.items()} == {
+        "mm_quick_m": 20 + budget,  # boot deadline + checks floor + teardown
+        "mm_slow_m": 900 + 900 + TEARDOWN_BUDGET_S,  # a slow boot is given as long again for its checks
+        "mm_quick_m_long": 600 + 600 + TEARDOWN_BUDGET_S,  # a case's override of timeout_s counts
+    }
+
+
+# --- an empty selection fails and says why ---------------------------------------------------------------------
+
+
+def test_missing_profile_dir_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_cases=TESTS)
+    missing = pytester.path / "profles"
+    result = pytester.runpytest("-p", "no:cacheprovider", "--harness-profile-dir", str(missing))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"harness profile directory {missing} does not exist" in result.stderr.str()
+
+
+def test_profile_dir_without_cases_for_the_backend_is_a_usage_error(suite: pytest.Pytester) -> None:
+    sim_only = suite.mkdir("sim_only")
+    (sim_only / "cases.py").write_text(PROFILE.replace('"vllm"', '"sim"'))
+    result = suite.runpytest("-p", "no:cacheprovider", "--harness-profile-dir", str(sim_only), "--backend", "vllm")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"{sim_only} has no --backend vllm case: it has sim cases only" in result.stderr.str()
+    empty = suite.mkdir("empty")
+    result = suite.runpytest("-p", "no:cacheprovider", "--harness-profile-dir", str(empty))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"{empty} has no --backend sim case: it has no cases" in result.stderr.str()
+
+
+def test_no_selection_is_explained_and_recorded(suite: pytest.Pytester, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    result = run(suite, "-m", "pre_mrege", "--harness-report-dir", str(report))
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    selection = json.loads((report / "selection.json").read_text())
+    assert selection == {
+        "profile_dir": str(suite.path / "profiles"),
+        "backend": "sim",
+        "cases": 5,
+        "marks": ["nightly", "post_merge", "pre_merge", "sim"],
+        "selected": 0,
+        "markexpr": "pre_mrege",
+        "keyword": "",
+    }
+    out = result.stdout.str()
+    assert "harness: no case selected: 5 --backend sim case(s) in " in out
+    assert "-m 'pre_mrege' matched none; marks that exist: nightly, post_merge, pre_merge, sim" in out
+    # A selection that runs cases records how many and says nothing of the kind.
+    result = run(suite, "-m", "pre_merge", "-k", "test_passes", "--harness-report-dir", str(report))
+    assert json.loads((report / "selection.json").read_text())["selected"] == 3
+    assert "no case selected" not in result.stdout.str()
+
+
+# --- the record of a stack that did not start ------------------------------------------------------------------
+
+MISSING_SCRIPT_PROFILE = """\
+from harness.profiles import Case, ModelProfile, Topology
+
+CASES = [Case(ModelProfile("org/m-vl", "m"), Topology("gone", "no-such-script.sh", timeout_s=20))]
+"""
+
+
+def test_launch_error_record_names_the_reason_not_the_fixture_source(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    (pytester.mkdir("profiles") / "cases.py").write_text(MISSING_SCRIPT_PROFILE)
+    pytester.mkdir("launch")
+    pytester.makepyfile(test_stack="def test_stack(harness_stack):\n    pass\n")
+    report = tmp_path / "report"
+    result = run(pytester, "--harness-launch-dir", str(pytester.path / "launch"), "--harness-report-dir", str(report))
+    result.assert_outcomes(errors=1)
+    record = json.loads((report / "cases" / "mm_gone_m.json").read_text())
+    script = pytester.path / "launch" / "no-such-script.sh"
+    assert record["outcome"] == "failed"
+    assert record["error"] == f"LaunchError: mm_gone_m: launch script {script} does not exist"
+    assert record["launch_error"] == {
+        "reason": f"mm_gone_m: launch script {script} does not exist",
+        "component": "launch",
+        "log_tail": "",
+    }
+    write_summary(report)
+    md = (report / "summary.md").read_text()
+    assert f"stack did not come up: mm_gone_m: launch script {script} does not exist (component: launch)" in md
+    assert "def harness_stack" not in md and "LaunchError`" not in md  # no fixture source, no bare exception line

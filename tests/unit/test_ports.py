@@ -1,17 +1,14 @@
-"""Port allocation: distinct bindable ports outside the ephemeral range, unique across concurrent processes,
-reservations that die with their owner, and release."""
+"""Port allocation: distinct bindable ports outside the ephemeral range, reservations that die with their owner,
+release, and a reservation file never seen half written. Concurrent processes: tests/e2e/test_ports_processes.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 import time
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,9 +52,11 @@ def bindable_window(size: int) -> tuple[int, int]:
 
 
 def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+    """A pid no process can have: above the kernel's pid_max (unit tests start no process to get a dead one)."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    except OSError:
+        return 2**22 + 1  # Linux's largest pid_max is 2**22
 
 
 # --- basics ----------------------------------------------------------------------------------------------------
@@ -90,13 +89,10 @@ def test_allocation_is_reserved_for_this_process(ports_dir: Path) -> None:
 
 
 def test_owner_pid_recorded(ports_dir: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    try:
-        got = allocate_ports(2, owner_pid=child.pid)
-        assert {int(raw_file(ports_dir)[str(p)][0]) for p in got} == {child.pid}
-        assert set(reserved_now(ports_dir)) == {str(p) for p in got}  # a live owner keeps them
-    finally:
-        child.communicate(b"", timeout=DEADLINE_S)
+    owner = os.getppid()  # another live process: the one that started this test run
+    got = allocate_ports(2, owner_pid=owner)
+    assert {int(raw_file(ports_dir)[str(p)][0]) for p in got} == {owner}
+    assert set(reserved_now(ports_dir)) == {str(p) for p in got}  # a live owner keeps them
 
 
 def test_reserved_ports_not_handed_out_again(ports_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,68 +117,6 @@ def test_bound_port_skipped(ports_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
         with pytest.raises(RuntimeError):
             allocate_ports(1)
     assert port_is_free(lo)
-
-
-# --- contention ------------------------------------------------------------------------------------------------
-
-CHILD = textwrap.dedent(
-    """
-    import json, os, sys, time
-    from pathlib import Path
-    from harness.stack import ports
-    ports.PORT_RANGE = (int(sys.argv[1]), int(sys.argv[2]))
-    go = Path(sys.argv[3])
-    deadline = time.monotonic() + 15
-    while not go.exists():  # start together
-        if time.monotonic() > deadline:
-            sys.exit("no go signal")
-        time.sleep(0.001)
-    print(json.dumps(ports.allocate_ports(20)), flush=True)
-    sys.stdin.read()  # stay alive (keeping the reservation) until every process has allocated
-    """
-)
-
-
-def test_concurrent_processes_get_distinct_ports(tmp_path: Path, ports_dir: Path) -> None:
-    # A narrow window (6 x 20 ports out of 160) makes a collision near certain if allocation were not serialised.
-    lo, hi = bindable_window(160)
-    go = tmp_path / "go"
-    env = {**os.environ, ports.ENV_DIR: str(ports_dir)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(lo), str(hi), str(go)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-        for _ in range(6)
-    ]
-    go.touch()
-    results: list[list[int]] = []
-    try:
-        for p in procs:  # every child holds its ports (it is alive) until all have answered
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            assert line, p.stderr.read() if p.stderr else ""
-            results.append(json.loads(line))
-        raw = raw_file(ports_dir)
-        live = reserved_now(ports_dir)
-    finally:
-        for p in procs:
-            p.communicate(timeout=DEADLINE_S)
-    assert [p.returncode for p in procs] == [0] * len(procs)
-    everything = [port for got in results for port in got]
-    assert all(len(got) == 20 for got in results)
-    dupes = [port for port, n in Counter(everything).items() if n > 1]
-    assert dupes == [], f"ports handed to more than one process: {dupes}"
-    assert all(lo <= port < hi for port in everything)
-    # Each child's reservation is recorded under its own pid and counts while the child lives ...
-    assert {int(raw[str(port)][0]) for port in everything} == {p.pid for p in procs}
-    assert set(live) == {str(port) for port in everything}
-    # ... and since every child has exited, none of them counts any more.
-    assert reserved_now(ports_dir) == {}
 
 
 # --- reclaiming and releasing ----------------------------------------------------------------------------------
@@ -235,3 +169,21 @@ def test_released_ports_can_be_allocated_again(ports_dir: Path, monkeypatch: pyt
         allocate_ports(1)
     release_ports(got)
     assert sorted(allocate_ports(2)) == [lo, lo + 1]
+
+
+def test_reservation_file_is_replaced_atomically(ports_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that dies mid-write (here: json.dump raising halfway) leaves the previous file whole and no
+    temporary file behind; writing in place would leave half a file, read as "nothing reserved"."""
+    first = allocate_ports(3)
+    before = (ports_dir / "reserved.json").read_text()
+
+    def half_then_die(obj: object, fh: Any) -> None:
+        fh.write(json.dumps(obj)[:5])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ports.json, "dump", half_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        allocate_ports(2)
+    assert (ports_dir / "reserved.json").read_text() == before
+    assert set(reserved_now(ports_dir)) == {str(p) for p in first}
+    assert sorted(p.name for p in ports_dir.iterdir()) == ["lock", "reserved.json"]

@@ -13,6 +13,8 @@ from harness.report.summary import (
     junit_counts,
     load_cases,
     render_markdown,
+    run_green,
+    run_problems,
     totals,
     verdict,
     write_summary,
@@ -84,6 +86,8 @@ CONTROL_THROUGH = record("mm_agg_router_round_robin_qwen3-vl-2b", "fail", "xpass
         ("pass", "skipped", "error (skipped)"),
         ("pass", None, "error (error)"),
         ("fail", None, "error (error)"),
+        ("pass", "interrupted", "error (interrupted)"),
+        ("fail", "interrupted", "error (interrupted)"),  # an interrupted control was not rejected by the gate
     ],
 )
 def test_verdict(expect: str, outcome: str | None, expected: str) -> None:
@@ -120,6 +124,53 @@ def test_totals_errors_count_as_failed() -> None:
 def test_totals_empty() -> None:
     t = totals([])
     assert t == RunTotals(0, 0, 0, 0, 0)
+    assert not t.green  # a run that gated nothing proves nothing
+
+
+# --- how the run ended -----------------------------------------------------------------------------------------
+
+GREEN = totals([GATE_OK, CONTROL_REJECTED])
+RED = totals([GATE_OK, GATE_BAD])
+
+
+def test_clean_run_has_no_problems() -> None:
+    assert run_problems(GREEN, {"exit_code": 0, "interrupted": None}) == []
+    assert run_green(GREEN, {"exit_code": 0}) and run_green(GREEN, None)  # None: a run directory from before
+
+
+@pytest.mark.parametrize(
+    ("run", "problem"),
+    [
+        ({"exit_code": 2, "interrupted": "SIGINT"}, "interrupted by SIGINT"),
+        ({"exit_code": 2}, "pytest exited with code 2 (interrupted)"),
+        ({"exit_code": 3}, "pytest exited with code 3 (internal error)"),
+        ({"exit_code": -9}, "pytest exited with code -9 (killed by signal 9)"),
+        ({"exit_code": 1}, "pytest exited with code 1 (tests failed)"),  # failed, yet every case as expected
+        ({"exit_code": 0, "interrupted": "SIGTERM"}, "interrupted by SIGTERM"),
+    ],
+)
+def test_cases_as_expected_but_the_run_did_not_end_well_is_red(run: dict[str, Any], problem: str) -> None:
+    problems = run_problems(GREEN, run)
+    assert any(p.startswith(problem) for p in problems), problems
+    assert not run_green(GREEN, run)
+
+
+def test_failed_cases_are_not_listed_twice_as_an_exit_code() -> None:
+    assert run_problems(RED, {"exit_code": 1}) == []  # the failed cases say it all
+    assert not run_green(RED, {"exit_code": 1})
+
+
+def test_empty_run_names_why() -> None:
+    empty = totals([])
+    assert run_problems(empty, None) == ["no case ran"]
+    why = "no case selected: -m 'pre_mrege' matched none; marks that exist: pre_merge"
+    assert run_problems(empty, {"exit_code": 5, "no_selection": why}) == [
+        "pytest exited with code 5 (no tests collected)",
+        why,
+    ]
+    md = render_markdown(Path("/r"), [], run={"exit_code": 5, "no_selection": why})
+    assert md.splitlines()[:4] == ["# mmharness run: FAIL", "", "**pytest exited with code 5 (no tests collected)**",
+                                   f"**{why}**"]  # fmt: skip
 
 
 # --- Markdown --------------------------------------------------------------------------------------------------
@@ -175,8 +226,30 @@ def test_render_markdown_setup_error_and_missing_fields(tmp_path: Path) -> None:
     }
     md = render_markdown(tmp_path, [broken])
     row = table_row(md, "mm_agg_qwen3-vl-2b")
-    assert row[1:] == ["pass", "FAIL", "-", "-", "-", "-", "0"]
+    assert row[1:] == ["pass", "FAIL", "-", "-", "-", "-", "0", "0"]  # the last column: n/a checks
     assert "setup error: `harness.stack.launch.LaunchError: mm_agg_qwen3-vl-2b: stack did not come up: boom`" in md
+
+
+def test_render_markdown_launch_error_shows_reason_component_and_log(tmp_path: Path) -> None:
+    broken = record(
+        "mm_agg_qwen3-vl-2b",
+        "pass",
+        "failed",
+        error="LaunchError: mm_agg_qwen3-vl-2b: stack did not come up: worker1 exited with code 7 before it was ready",
+        launch_error={
+            "reason": "worker1 exited with code 7 before it was ready (log: /l/worker1.log)",
+            "component": "worker1",
+            "log_tail": "\n".join([f"line {i}" for i in range(30)] + ["torch.OutOfMemoryError: CUDA out of memory"]),
+        },
+    )
+    del broken["gate"]
+    md = render_markdown(tmp_path, [broken])
+    details = md.split("## Failed checks", 1)[1].split("## Phase timings", 1)[0]
+    assert "  - stack did not come up: worker1 exited with code 7 before it was ready (log: /l/worker1.log) " \
+           "(component: worker1)" in details  # fmt: skip
+    block = details.split("    ```\n", 1)[1].split("    ```", 1)[0].splitlines()
+    assert len(block) == 15 and block[-1] == "    torch.OutOfMemoryError: CUDA out of memory"  # the last 15 lines
+    assert "setup error" not in details
 
 
 def test_render_markdown_phase_table(tmp_path: Path) -> None:
@@ -239,6 +312,30 @@ def test_write_summary_green_without_junit(tmp_path: Path) -> None:
     assert run["totals"]["green"] is True
     assert run["junit"] == {}
     assert (run_dir / "summary.md").read_text().startswith("# mmharness run: PASS")
+
+
+def test_render_markdown_interrupted_case(tmp_path: Path) -> None:
+    cut = {"case": "mm_x_m", "expect": "pass", "outcome": "interrupted", "error": "interrupted (pytest exit status 2)"}
+    md = render_markdown(tmp_path, [GATE_OK, cut])
+    assert table_row(md, "mm_x_m")[2] == "error (interrupted)"
+    assert "- **mm_x_m** (error (interrupted))\n  - interrupted before it finished" in md
+    assert md.startswith("# mmharness run: FAIL")
+
+
+def test_write_summary_records_the_run_and_keeps_it_when_re_rendered(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write_run(run_dir, [GATE_OK, CONTROL_REJECTED])
+    info = {"exit_code": 2, "interrupted": "SIGINT", "command": ["harness", "run"], "started": "t0", "ended": "t1"}
+    t = write_summary(run_dir, run=info)
+    assert t.green  # the cases were as expected ...
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["run"] == info
+    assert run["totals"]["green"] is False  # ... but the run was interrupted
+    assert (run_dir / "summary.md").read_text().startswith("# mmharness run: FAIL\n\n**interrupted by SIGINT")
+    assert "interrupted before it finished" not in (run_dir / "summary.md").read_text()  # its cases finished
+    write_summary(run_dir)  # `harness report` re-renders without knowing how the run ended: it keeps that
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["run"] == info and run["totals"]["green"] is False
 
 
 def test_load_cases_empty_run(tmp_path: Path) -> None:

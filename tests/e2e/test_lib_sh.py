@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from harness.stack.processes import pid_alive, spawn, wait_until
+
+pytestmark = pytest.mark.e2e
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch"
 

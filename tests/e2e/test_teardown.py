@@ -3,12 +3,15 @@ fail stop at once with their reason, and nothing survives an exception, Ctrl-C o
 
 from __future__ import annotations
 
+import _thread
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +22,8 @@ from harness.profiles import Case, ModelProfile, Topology, default_launch_dir
 from harness.stack import ports
 from harness.stack.launch import LaunchError, Stack, launched, start_stack, stop_stack
 from harness.stack.processes import ManagedProcess, spawn, wait_until
+
+pytestmark = pytest.mark.e2e
 
 DEADLINE_S = 10.0
 LIB_SH = default_launch_dir().resolve() / "lib.sh"
@@ -310,6 +315,33 @@ def test_launched_tears_down_on_exception(
     assert ports._load(ports_dir / "reserved.json") == {}
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_boot_interrupted_tears_the_half_booted_stack_down(
+    tmp_path: Path, launch_dir: Path, ports_dir: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C (or SIGTERM, which the plugin turns into KeyboardInterrupt) while the stack is still booting: nobody
+    holds the stack yet, so start_stack itself must end it before the interrupt goes on."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    case = fake_case("hang.sh", timeout_s=60.0)
+    log = tmp_path / "logs" / f"{case.id}.launch.log"
+
+    def interrupt_once_booting() -> None:
+        wait_until(lambda: log.exists() and "CHILD_PIDS" in log.read_text(), DEADLINE_S, what="the boot")
+        _thread.interrupt_main(sig)  # as if the signal had arrived: its handler runs in the main thread
+
+    watcher = threading.Thread(target=interrupt_once_booting, daemon=True)
+    try:
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            start_stack(case, tmp_path / "logs", launch_dir=launch_dir)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        watcher.join(DEADLINE_S)
+    # This process lives on, so no parent-death signal helps: only start_stack's own teardown ends them.
+    wait_gone(logged_pids(tmp_path / "logs", case))
+    assert ports._load(ports_dir / "reserved.json") == {}
+
+
 # --- a pytest session that is interrupted mid-test -------------------------------------------------------------
 
 INNER_TEST = """\
@@ -387,3 +419,8 @@ def test_interrupted_session_tears_the_stack_down(
     assert session.returncode == pytest.ExitCode.INTERRUPTED, out
     wait_gone(pids, pgid=pids[0])
     assert ports._load(ports_dir / "reserved.json") == {}
+    # The interrupted case has its record, as interrupted (it never got a teardown report), with its teardown.
+    record = json.loads((tmp_path / "report" / "cases" / "mm_fake_fake-vl.json").read_text())
+    assert record["outcome"] == "interrupted"
+    assert "teardown" in record["phases"]
+    assert len(out.splitlines()) < 60, out  # one interrupt, one short report: no cascade of tracebacks

@@ -10,7 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from harness.stack.processes import pid_alive, wait_until
+
+pytestmark = pytest.mark.e2e
 
 LIB = Path(__file__).resolve().parents[2] / "launch" / "lib.sh"
 
