@@ -133,7 +133,9 @@ def url_mode_args(args: argparse.Namespace) -> list[str]:
 
     pairs = [f"records={args.records}", f"block_size={args.block_size}", f"payload={args.payload}",
              f"expect={args.expect}", f"startup_line={'yes' if args.startup_line else 'no'}",
-             f"engine_sees_images={'no' if args.engine_blind else 'yes'}", f"timeout_s={args.url_timeout}"]
+             f"engine_sees_images={'no' if args.engine_blind else 'yes'}", f"timeout_s={args.url_timeout}",
+             f"engine_text={'no' if args.engine_no_text else 'yes'}",
+             f"workers_serve_openai={'no' if args.workers_metrics_only else 'yes'}"]
     if args.attribution:
         pairs.append("attribution=" + ",".join(args.attribution))
     for key in ("router_log", "family", "workers"):
@@ -460,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how a reply names its worker: header[:NAME], nvext, metrics (default header,metrics)")
     url.add_argument("--engine-blind", action="store_true",
                      help="its engine's cached_tokens ignore image content (a mocker): cache checks are n/a")
+    url.add_argument("--engine-no-text", action="store_true", help="its replies carry no text (Dynamo's mocker)")
+    url.add_argument("--workers-metrics-only", action="store_true",
+                     help="the --worker-url serve /metrics only, not the OpenAI API (Dynamo's mockers)")
     url.add_argument("--block-size", type=int, default=16, help="its KV block size (default 16)")
     url.add_argument("--family", default=None, help="the model's image-token family (default: from the model id)")
     url.add_argument("--payload", default="image_url", help="image_url, base64, multi_image, multi_turn")

@@ -52,6 +52,11 @@ class RouterCapabilities:
     served_by_header: str = "X-Served-By"
     #: Whether the engine's ``cached_tokens`` reflect image content (a mocker that ignores pixels does not).
     engine_sees_images: bool = True
+    #: Whether replies carry generated text (Dynamo's mocker emits random token ids: ``content`` comes back null).
+    engine_text: bool = True
+    #: Whether the workers' own URLs serve the OpenAI API, for probes sent straight to a worker (Dynamo's mockers
+    #: serve ``/metrics`` on their system port only; requests reach them through the frontend).
+    workers_serve_openai: bool = True
 
 
 #: Capabilities of the routers the built-in launch scripts start.

@@ -50,6 +50,8 @@ class AttachSpec:
     attribution: tuple[str, ...] = ("header", "metrics")
     served_by_header: str = "X-Served-By"
     engine_sees_images: bool = True
+    engine_text: bool = True
+    workers_serve_openai: bool = True
     router_log: str | None = None
     block_size: int = 16
     payload: str = "image_url"
@@ -91,6 +93,8 @@ def capabilities_of(spec: AttachSpec) -> RouterCapabilities:
         attribution=spec.attribution,  # type: ignore[arg-type]
         served_by_header=spec.served_by_header,
         engine_sees_images=spec.engine_sees_images,
+        engine_text=spec.engine_text,
+        workers_serve_openai=spec.workers_serve_openai,
     )
 
 
@@ -156,8 +160,9 @@ def _flag(key: str, value: str) -> bool:
 def spec_from_options(url: str, worker_urls: Sequence[str], model: str | None, pairs: Sequence[str]) -> AttachSpec:
     """An ``AttachSpec`` from the plugin's options: ``--harness-url``, ``--harness-worker-url``,
     ``--harness-model`` and ``--harness-attach KEY=VALUE`` for the rest (``records``, ``startup_line``,
-    ``attribution``, ``engine_sees_images``, ``router_log``, ``block_size``, ``family``, ``payload``, ``expect``,
-    ``workers``, ``timeout_s``). ``harness run --url`` writes these from its own flags."""
+    ``attribution``, ``engine_sees_images``, ``engine_text``, ``workers_serve_openai``, ``router_log``,
+    ``block_size``, ``family``, ``payload``, ``expect``, ``workers``, ``timeout_s``). ``harness run --url`` writes
+    these from its own flags."""
     fields: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -166,7 +171,7 @@ def spec_from_options(url: str, worker_urls: Sequence[str], model: str | None, p
             raise AttachError(f"--harness-attach: {pair!r} is not KEY=VALUE")
         if key == "attribution":
             fields["attribution"], fields["served_by_header"] = parse_attribution([value])
-        elif key in ("startup_line", "engine_sees_images"):
+        elif key in ("startup_line", "engine_sees_images", "engine_text", "workers_serve_openai"):
             fields[key] = _flag(key, value)
         elif key in ("block_size", "workers"):
             try:

@@ -140,14 +140,18 @@ def test_dynamo_records_attribution_and_overlap(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the gate cannot judge a mocker stack yet (gate issue 8): the mocker answers random token ids (content "
-    "null) and its worker URLs serve /metrics only, so the gate's health checks break before any routing verdict",
+    reason="the gate cannot judge a mocker stack yet (gate issue 8): it probes worker 0 with chat requests and "
+    "needs text replies, where the profile declares workers_serve_openai=False (mocker system ports serve /metrics "
+    "only: 404) and engine_text=False (random token ids: content null); it breaks on health before any verdict",
 )
 @pytest.mark.parametrize("mode", MODES)
 def test_gate_rejects_dynamo_on_routing(mode: str, dynamo_python: str, images: ImageServer, tmp_path: Path) -> None:
     """The profile declares both modes controls; the gate must reject each on a routing check, not break on it."""
     case = dynamo_case(mode)
     assert case.is_control
+    caps = case.effective.router_capabilities
+    assert (caps.records, caps.attribution, caps.engine_sees_images) == ("dynamo", ("nvext",), False)
+    assert not caps.engine_text and not caps.workers_serve_openai
     with launched(case, tmp_path / "logs", extra_env={"HARNESS_DYNAMO_PYTHON": dynamo_python}) as stack:
         result = run_gate(stack, images)
     try:

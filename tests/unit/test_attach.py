@@ -15,7 +15,7 @@ def test_url_case_carries_the_declared_capabilities_and_workers() -> None:
         ["http://127.0.0.1:8001", "http://127.0.0.1:8002"],
         "Qwen/Qwen3-VL-2B-Instruct",
         ["records=dynamo", "attribution=nvext", "startup_line=yes", "engine_sees_images=no", "block_size=32",
-         "router_log=/tmp/router.log", "expect=fail"],
+         "router_log=/tmp/router.log", "expect=fail", "engine_text=no", "workers_serve_openai=no"],
     )
     case = url_case(spec)
     assert case.id == "mm_url_qwen3-vl-2b-instruct"
@@ -25,6 +25,7 @@ def test_url_case_carries_the_declared_capabilities_and_workers() -> None:
     caps = stack.capabilities
     assert (caps.records, caps.attribution, caps.startup_line, caps.engine_sees_images) == (
         "dynamo", ("nvext",), True, False)
+    assert (caps.engine_text, caps.workers_serve_openai) == (False, False)
     assert stack.env[c.ENV_URL] == "http://127.0.0.1:8000"
     assert stack.env[c.ENV_URL_WORKERS] == "http://127.0.0.1:8001 http://127.0.0.1:8002"
     assert stack.env[c.ENV_URL_ROUTER_LOG] == "/tmp/router.log"

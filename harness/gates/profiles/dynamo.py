@@ -8,7 +8,11 @@
 - start-up line: ``MM-aware KV routing enabled model=<model dir> model_dir=...`` at INFO (no block size in it);
 - attribution: no ``X-Served-By``; the worker comes back in ``nvext.worker_id`` when the request asks for it;
 - the mocker does not look at pixels (its prompt has one placeholder per image), so its ``cached_tokens`` say
-  nothing about images: the verdict rests on the router's records and on placement.
+  nothing about images: the verdict rests on the router's records and on placement;
+- the mocker answers random token ids (``lib/mocker/src/common/sequence.rs``: ``random::<u32>()``), which no
+  tokenizer decodes: ``content`` is null;
+- the workers' URLs are the mockers' system ports (``/metrics``, with ``worker_id`` = the nvext id in hex; their
+  ``/health`` stays 503): no OpenAI API there, so probes go through the frontend or not at all.
 
 Both modes are controls (strict xfail), on the verdicts measured here (README "Verdicts for NVIDIA Dynamo"): with
 KV events the router's image-aware block hashes never match the mocker's events, so repeats of one image get
@@ -28,6 +32,8 @@ DYNAMO_CAPABILITIES = RouterCapabilities(
     startup_line=True,
     attribution=("nvext",),
     engine_sees_images=False,
+    engine_text=False,
+    workers_serve_openai=False,
 )
 
 DYNAMO_KV_EVENTS = Topology(
