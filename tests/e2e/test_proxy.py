@@ -364,21 +364,27 @@ def test_lora_validation_errors_are_typed(stack_factory, tmp_path: Path) -> None
 
 # -- faults ---------------------------------------------------------------------------------------------------------
 def test_failover_when_a_worker_is_killed_under_load(stack_factory) -> None:
-    # Real-time steps (~60 ms a request), so requests are in flight on the victim when it dies.
+    # Real-time steps: a 1000-token answer runs for seconds, so the victim dies with it certainly in flight
+    # (waited for on the victim's own gauge, not hoped for), among short requests that keep coming.
     s = stack_factory(2, "round_robin", worker_args=("--speedup", "1", *WORKER_ARGS[2:]))
     msgs = [{"role": "user", "content": "tell me a story"}]
     assert s.chat(msgs).status_code == 200
     victim = s.workers[0]
 
-    def send(i: int) -> int:
-        if i == 10:
-            victim.proc.signal_group(signal.SIGKILL)
-        return s.chat(msgs, f"load-{i}").status_code
+    def running(url: str) -> float:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        return sum(float(m) for m in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M))
 
     with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(send, range(60)))
-    assert statuses == [200] * 60
-    assert "retrying elsewhere" in s.log()  # requests in flight on the victim were re-sent, not lost
+        # Round robin: two requests in a row reach both workers, so one long answer is on the victim.
+        long = [pool.submit(s.chat, msgs, f"long-{i}", max_tokens=1000, ignore_eos=True) for i in range(2)]
+        wait_until(lambda: running(victim.url) >= 1, 10, what="a long request in flight on the victim")
+        victim.proc.signal_group(signal.SIGKILL)
+        statuses = list(pool.map(lambda i: s.chat(msgs, f"load-{i}").status_code, range(30)))
+        statuses += [f.result().status_code for f in long]
+    assert statuses == [200] * 32
+    retried = [ln for ln in s.log().splitlines() if "retrying elsewhere" in ln]
+    assert any(re.search(r"request_id=long-[01] ", ln) for ln in retried), retried  # re-sent, not lost
     wait_until(
         lambda: not next(w for w in httpx.get(f"{s.url}/workers").json() if w["url"] == victim.url)["healthy"],
         5,
