@@ -159,3 +159,39 @@ def test_run_json_records_the_run_and_the_summary_shows_why_a_stack_failed(repor
     assert "stack did not come up: worker0 exited with code 7 before it was ready" in summary
     assert "(component: worker0)" in summary and "    torch.OutOfMemoryError: CUDA out of memory" in summary
     assert "launch.py:" not in summary  # not the bare exception location of the old report
+
+
+HANG_SH = """\
+#!/usr/bin/env bash
+source "$HARNESS_LIB_SH"
+spawn worker0 sleep 300
+echo "CHILD_PIDS ${PIDS[*]}"
+wait
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_stack_up_interrupted_during_boot_stops_the_stack(tmp_path: Path, sig: signal.Signals) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "hang.py").write_text(
+        "from harness.profiles import Case, ModelProfile, Topology\n"
+        "CASES = [Case(ModelProfile('org/m-vl', 'm'), Topology('hang', 'hang.sh', timeout_s=120))]\n"
+    )
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "hang.sh").write_text(HANG_SH)
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "harness.cli", "stack", "up", "--profile", "mm_hang_m", "--log-dir", str(logs),
+           "--profile-dir", str(tmp_path / "profiles"), "--launch-dir", str(tmp_path / "launch")]  # fmt: skip
+    proc = spawn("stack-up", cmd, tmp_path / "stack-up.log")
+    try:
+        launch_log = logs / "mm_hang_m.launch.log"
+        wait_until(lambda: launch_log.exists() and "CHILD_PIDS" in launch_log.read_text(), EXIT_DEADLINE_S,
+                   procs=[proc], what="the stack to be booting")  # fmt: skip
+        (child,) = (int(p) for p in re.search(r"^CHILD_PIDS (.+)$", launch_log.read_text(), re.M).group(1).split())
+        proc.popen.send_signal(sig)
+        assert proc.popen.wait(EXIT_DEADLINE_S) == 130
+        out = (tmp_path / "stack-up.log").read_text()
+        assert "interrupted; stack stopped" in out and "Traceback" not in out
+        wait_until(lambda: not pid_alive(child), 30, what="the booting stack's child to end")
+    finally:
+        proc.terminate()
