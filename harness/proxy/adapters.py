@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}\Z")  # \Z: "$" would accept a trailing newline
 _VISION_MARKERS = ("visual.", "vision_tower", "vision_model", "vision_encoder", "image_encoder", "mm_projector")
 _TARGET_RE = re.compile(r"\.([A-Za-z0-9_]+)\.lora_[AB]")
 

@@ -9,11 +9,13 @@ from collections.abc import Mapping, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from harness.contract import escape_log
 from harness.mm.geometry import GeometryNotFoundError
 from harness.proxy.config import ProxyConfig, parse_args
 from harness.proxy.service import ClientGone, Inbound, Proxy
 from harness.server.app import configure_logging, run_main, serve_app
 from harness.server.openai import (
+    MAX_BODY_BYTES,
     QUIET_PATHS,
     REQUEST_ID_HEADER,
     api_middleware,
@@ -35,8 +37,8 @@ def _finished(proxy: Proxy, request: web.Request, status: int, seconds: float) -
         log.info(
             "request_id=%s %s %s status=%d worker=%s prompt_tokens=%s latency_ms=%.2f",
             request["rid"],
-            request.method,
-            request.path,
+            escape_log(request.method),
+            escape_log(request.path),
             status,
             s.get("worker", "-"),
             s.get("prompt_tokens", "-"),
@@ -152,7 +154,7 @@ def build_app(proxy: Proxy) -> web.Application:
         headers=lambda rid: {REQUEST_ID_HEADER: rid},
         finished=lambda request, status, seconds: _finished(proxy, request, status, seconds),
     )
-    app = web.Application(middlewares=[middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY_BYTES)
     app[PROXY] = proxy
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)

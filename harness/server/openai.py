@@ -126,10 +126,18 @@ async def read_body(request: web.Request, max_bytes: int, timeout_s: float) -> b
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"Request body exceeds the limit of {max_bytes} bytes (after decompression).") from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:
-        raise ApiError(400, f"Request body cannot be read: {_reason(exc)}") from None
+        # The rest of the body is undecodable too: end the payload here (aiohttp would otherwise drain it after
+        # the answer, meet the same error again and log it as unhandled) and close the connection after the
+        # answer, since the parser's position in the stream is lost.
+        request.content.feed_eof()
+        raise BodyError(400, f"Request body cannot be read: {_reason(exc)}") from None
     if len(body) > max_bytes:
         raise ApiError(413, f"Request body exceeds the limit of {max_bytes} bytes (after decompression).")
     return body
+
+
+class BodyError(ApiError):
+    """A body that cannot be decoded: answered, then the connection is closed."""
 
 
 def _reason(exc: BaseException) -> str:
@@ -194,6 +202,8 @@ def api_middleware(
             raise
         except Exception as exc:
             response = exception_response(exc, headers(rid), rid, logger)
+            if isinstance(exc, BodyError):
+                response.force_close()
             status = response.status
             return response
         finally:

@@ -44,10 +44,13 @@ def dominant_colours(data: bytes, max_colours: int = 3) -> tuple[str, ...]:
     """Named colours covering at least 15% of the image, most common first."""
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (_THUMB * 4, _THUMB * 4))  # JPEG: decode at reduced scale
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        thumb = img.convert("RGB").resize((_THUMB, _THUMB), Image.Resampling.NEAREST)
+        # Sample first, convert after: nearest-neighbour picks the same pixels either way, and converting the
+        # 32x32 sample instead of the full image keeps one decoded copy in memory rather than three.
+        small = img.resize((_THUMB, _THUMB), Image.Resampling.NEAREST)
+        if small.mode in ("RGBA", "LA", "PA") or (small.mode == "P" and "transparency" in small.info):
+            rgba = small.convert("RGBA")
+            small = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        thumb = small.convert("RGB")
     raw = thumb.tobytes()
     counts = Counter(colour_name(*px) for px in zip(raw[0::3], raw[1::3], raw[2::3], strict=True))
     total = _THUMB * _THUMB

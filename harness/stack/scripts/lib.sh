@@ -12,7 +12,7 @@
 #   HARNESS_ROUTER_POLICY SINGLE_GPU CUDA_VISIBLE_DEVICES HARNESS_EXTRA_WORKER_ARGS
 # Optional: HARNESS_PYTHON HARNESS_MAX_MODEL_LEN HARNESS_BLOCK_SIZE HARNESS_LOG_PREFIX HARNESS_READY_TIMEOUT HARNESS_SERIAL_BOOT
 #   HARNESS_ROUTER_METRICS_PORT HARNESS_ADAPTER_DIR HARNESS_ENABLE_LORA HARNESS_ASSET_DIR HARNESS_MM_FAMILY
-#   HARNESS_EXTRA_ROUTER_ARGS HARNESS_SIM_SPEEDUP
+#   HARNESS_EXTRA_ROUTER_ARGS HARNESS_SIM_SPEEDUP HARNESS_MEDIA_HOSTS
 
 set -uo pipefail
 
@@ -27,6 +27,9 @@ HARNESS_ROUTER=${HARNESS_ROUTER:-none}
 HARNESS_ROUTER_POLICY=${HARNESS_ROUTER_POLICY:-}
 HARNESS_EXTRA_WORKER_ARGS=${HARNESS_EXTRA_WORKER_ARGS:-}
 HARNESS_EXTRA_ROUTER_ARGS=${HARNESS_EXTRA_ROUTER_ARGS:-}
+# Where http(s) image URLs may point (--allowed-media-hosts of the sim worker and the proxy): the harness's image
+# server as host:port when the runner names it; without it, the explicit opt-in to every loopback port.
+HARNESS_MEDIA_HOSTS=${HARNESS_MEDIA_HOSTS:-loopback}
 mkdir -p "$HARNESS_LOG_DIR"
 
 PIDS=()        # every component we started, in start order
@@ -132,6 +135,8 @@ start_worker() {
       local sim=(--sim-gpu-index "$gpu" --speedup "${HARNESS_SIM_SPEEDUP:-1}" --enable-prompt-tokens-details)
       [ -n "${HARNESS_ASSET_DIR:-}" ] && sim+=(--asset-dir "$HARNESS_ASSET_DIR")
       [ -n "${HARNESS_MM_FAMILY:-}" ] && sim+=(--mm-family "$HARNESS_MM_FAMILY")
+      # shellcheck disable=SC2206
+      sim+=(--allowed-media-hosts $HARNESS_MEDIA_HOSTS)
       spawn "worker$i" env PYTHONHASHSEED=0 "$HARNESS_PYTHON" -m harness.sim.worker --model "$HARNESS_MODEL" \
         --host 127.0.0.1 --port "$port" --worker-name "worker$i" --kv-cache-memory-bytes "$HARNESS_KV_CACHE_BYTES" \
         --max-model-len "$HARNESS_MAX_MODEL_LEN" --block-size "$HARNESS_BLOCK_SIZE" "${sim[@]}" "${lora[@]}" \
@@ -236,6 +241,8 @@ start_router() {
       [ -n "${HARNESS_ADAPTER_DIR:-}" ] && opts+=(--adapter-dir "$HARNESS_ADAPTER_DIR")
       [ -n "${HARNESS_ASSET_DIR:-}" ] && opts+=(--asset-dir "$HARNESS_ASSET_DIR")
       [ -n "${HARNESS_MM_FAMILY:-}" ] && opts+=(--mm-family "$HARNESS_MM_FAMILY")
+      # shellcheck disable=SC2206
+      opts+=(--allowed-media-hosts $HARNESS_MEDIA_HOSTS)
       [ "$HARNESS_BACKEND" = vllm ] && [ -n "${HARNESS_ASSET_DIR:-}" ] && opts+=(--inline-assets)
       spawn router "$HARNESS_PYTHON" -m harness.proxy --model "$HARNESS_MODEL" --port "$port" \
         --policy "${HARNESS_ROUTER_POLICY:-kv_mm}" --block-size "$HARNESS_BLOCK_SIZE" --workers "${WORKER_URLS[@]}" \
