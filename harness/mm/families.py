@@ -66,11 +66,33 @@ class Family:
     #: System turn the template inserts when the conversation has none (Qwen2-VL and Qwen2.5-VL do).
     default_system: str | None = None
     model_patterns: tuple[str, ...] = field(default=())
+    #: Per-model changes to ``defaults`` (pattern on the model id's last component -> values): models of one
+    #: family whose hub configs differ, e.g. Phi-3.5-vision's ``num_crops`` 4 against Phi-3-vision's 16.
+    model_defaults: tuple[tuple[str, Mapping[str, Any]], ...] = field(default=())
 
     def matches(self, model_id: str) -> bool:
-        # The last path component only: a local directory's parents say nothing about the model.
-        lowered = model_id.rstrip("/").rsplit("/", 1)[-1].lower()
+        lowered = _model_name(model_id)
         return any(re.search(p, lowered) for p in self.model_patterns)
+
+    def defaults_for(self, model_id: str) -> dict[str, Any]:
+        """The built-in numbers for ``model_id``: the family's, with the first matching per-model change."""
+        cfg = dict(self.defaults)
+        lowered = _model_name(model_id)
+        for pattern, values in self.model_defaults:
+            if re.search(pattern, lowered):
+                cfg.update(values)
+                break
+        return cfg
+
+
+def _model_name(model_id: str) -> str:
+    # The last path component only: a local directory's parents say nothing about the model.
+    return model_id.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+class UnsupportedModelError(ValueError):
+    """A model whose processor none of the families reproduces; matching it to a look-alike family would
+    route on wrong placeholder counts, so it is refused by name."""
 
 
 _QWEN_SYSTEM = "You are a helpful assistant."
@@ -129,15 +151,39 @@ FAMILIES: dict[str, Family] = {
             pad_token="<|image|>",
             suffix="\n",
             count_tokens=_phi3v,
+            # Phi-3-vision's preprocessor_config.json says num_crops 16, Phi-3.5-vision's 4 (vLLM's
+            # tests/models/multimodal/processing/test_phi3v.py: "the default num_crops of phi-3.5-vision is 4",
+            # 757 tokens per image against 1921 with num_crops 16).
             defaults={"num_crops": 16},
+            model_defaults=((r"phi-?3\.5-vision", {"num_crops": 4}),),
             model_patterns=(r"phi-?3(\.5)?-vision",),
         ),
     )
 }
 
+#: Model ids that look like a known family but whose processors are not any family's: vLLM serves LLaVA-OneVision
+#: with its own processor (``vllm/model_executor/models/llava_onevision.py``: anyres-max tiling, video) and
+#: LLaVA-NeXT-Video with ``llava_next_video.py``; LLaVA-Interleave uses a SigLIP vision tower and a Qwen template.
+#: The bare ``llava`` pattern would otherwise take each of them for LLaVA-1.5.
+UNSUPPORTED_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"llava[-_]?onevision", "LLaVA-OneVision"),
+    (r"llava[-_]?interleave", "LLaVA-Interleave"),
+    (r"llava[-_]?next[-_]?video|llava[-_]?video", "LLaVA-NeXT-Video"),
+)
+
 
 def family_for_model(model_id: str) -> Family | None:
-    """The family a model id names, by pattern, most specific first (dict order)."""
+    """The family a model id names, by pattern, most specific first (dict order); None when none matches.
+
+    Raises ``UnsupportedModelError`` for ids of models known to need a processor no family has."""
+    lowered = _model_name(model_id)
+    for pattern, label in UNSUPPORTED_PATTERNS:
+        if re.search(pattern, lowered):
+            raise UnsupportedModelError(
+                f"model {model_id!r} is a {label} model, whose image processor the harness does not reproduce "
+                f"(its placeholder counts differ from every supported family: {', '.join(FAMILIES)}); pass "
+                f"--mm-family only if its processor really is one of them"
+            )
     for family in FAMILIES.values():
         if family.matches(model_id):
             return family

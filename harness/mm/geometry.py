@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from harness.mm.families import FAMILIES, Family, family_for_model, get_family
+from harness.mm.families import FAMILIES, Family, UnsupportedModelError, family_for_model, get_family
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,18 @@ class ImageGeometry:
     def num_tokens(self, width: int, height: int) -> int:
         return self.family.count_tokens(width, height, self.config)
 
+    def with_overrides(self, kwargs: Mapping[str, Any]) -> ImageGeometry:
+        """This geometry with a request's ``mm_processor_kwargs`` applied (the same forms as the flag's)."""
+        if not kwargs:
+            return self
+        return _with_overrides(self, json.dumps(dict(kwargs), sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=256)
+def _with_overrides(geometry: ImageGeometry, frozen: str) -> ImageGeometry:
+    cfg = {**geometry.config, **normalize_overrides(geometry.family, json.loads(frozen))}
+    return ImageGeometry(geometry.model, geometry.family, MappingProxyType(cfg), geometry.source)
+
 
 def _offline() -> bool:
     from huggingface_hub import constants
@@ -58,6 +70,8 @@ def _family_from_config(raw: Mapping[str, Any]) -> Family | None:
         return FAMILIES["qwen2_5_vl"]
     if kind.startswith("Qwen2VL"):
         return FAMILIES["qwen3_vl"] if int(raw.get("patch_size", 14)) == 16 else FAMILIES["qwen2_vl"]
+    if kind.startswith(("LlavaOnevision", "LlavaNextVideo")):
+        raise UnsupportedModelError(f"image processor {kind} is not supported (no family reproduces it)")
     if kind.startswith("LlavaNext"):
         return FAMILIES["llava_next"]
     if kind.startswith("Phi3V"):
@@ -69,19 +83,59 @@ def _family_from_config(raw: Mapping[str, Any]) -> Family | None:
 
 def _side(value: Any) -> int:
     if isinstance(value, Mapping):
-        return int(value.get("height") or value.get("shortest_edge"))
+        return _as_int(value.get("height") or value.get("shortest_edge"), "crop_size")
     return int(value)
 
 
-def config_from_file(family: Family, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The family's numbers read from a preprocessor config, defaults for what the file omits."""
-    cfg: dict[str, Any] = dict(family.defaults)
+def _qwen_pixels(raw: Mapping[str, Any]) -> dict[str, int]:
+    """min/max_pixels from a Qwen2-VL-style config or kwargs: the flat keys win over the transformers-5 ``size``
+    form (``{"shortest_edge": min_pixels, "longest_edge": max_pixels}``, ``Qwen2VLImageProcessor``)."""
+    out: dict[str, int] = {}
+    size = raw.get("size")
+    for key, size_key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        value = raw.get(key, size.get(size_key) if isinstance(size, Mapping) else None)
+        if value is not None:
+            out[key] = _as_int(value, key)
+    return out
+
+
+def _as_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{key} must be an integer, got {json.dumps(value, default=str)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, got {json.dumps(value)}") from None
+    if not number.is_integer() or number <= 0:
+        raise ValueError(f"{key} must be a positive integer, got {json.dumps(value)}")
+    return int(number)
+
+
+def normalize_overrides(family: Family, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``--mm-processor-kwargs`` or a request's ``mm_processor_kwargs`` as the family's config keys.
+
+    Qwen's ``size`` form becomes min/max_pixels, numbers are checked; keys the family does not use are kept
+    (they change nothing, as unknown processor kwargs change nothing in vLLM). Raises ``ValueError``."""
+    out = {k: v for k, v in kwargs.items() if k != "size" or not family.name.startswith("qwen")}
     if family.name.startswith("qwen"):
-        size = raw.get("size") or {}
-        for key, size_key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
-            value = raw.get(key, size.get(size_key) if isinstance(size, Mapping) else None)
-            if value is not None:
-                cfg[key] = int(value)
+        for key in ("min_pixels", "max_pixels", "patch_size", "merge_size"):
+            out.pop(key, None)
+        out.update(_qwen_pixels(kwargs))
+        for key in ("patch_size", "merge_size"):
+            if key in kwargs:
+                out[key] = _as_int(kwargs[key], key)
+        if out.get("min_pixels", 0) > out.get("max_pixels", float("inf")):
+            raise ValueError(f"min_pixels ({out['min_pixels']}) is larger than max_pixels ({out['max_pixels']})")
+    elif family.name == "phi3_v" and "num_crops" in kwargs:
+        out["num_crops"] = _as_int(kwargs["num_crops"], "num_crops")
+    return out
+
+
+def config_from_file(family: Family, raw: Mapping[str, Any], model: str = "") -> dict[str, Any]:
+    """The family's numbers read from a preprocessor config, the model's defaults for what the file omits."""
+    cfg: dict[str, Any] = family.defaults_for(model)
+    if family.name.startswith("qwen"):
+        cfg.update(_qwen_pixels(raw))
         for key in ("patch_size", "merge_size"):
             if key in raw:
                 cfg[key] = int(raw[key])
@@ -103,17 +157,23 @@ def _read_json(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _find_config_file(model: str, cache_dir: str | None, tried: list[str]) -> tuple[str, str] | None:
-    local = Path(model) / CONFIG_FILE
-    tried.append(f"local directory {local}")
-    if local.is_file():
-        return str(local), f"local:{local}"
+def find_model_file(
+    model: str, filename: str, cache_dir: str | None, tried: list[str], *, check_local: bool = True
+) -> tuple[str, str] | None:
+    """``filename`` of ``model``: the model as a local directory, the local HF cache, then the hub unless offline.
+    Returns (path, source label) and appends each place looked at to ``tried``. The tokenizer lookup
+    (``harness.mm.text``) uses the same chain."""
+    if check_local:
+        local = Path(model) / filename
+        tried.append(f"local directory {local}")
+        if local.is_file():
+            return str(local), f"local:{local}"
 
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     tried.append(f"Hugging Face cache ({cache_dir or 'default HF_HUB_CACHE'})")
     try:
-        cached = try_to_load_from_cache(repo_id=model, filename=CONFIG_FILE, cache_dir=cache_dir)
+        cached = try_to_load_from_cache(repo_id=model, filename=filename, cache_dir=cache_dir)
     except Exception as exc:  # an id that is not a valid repo name (e.g. a missing path)
         log.debug("cache lookup for %s failed: %s", model, exc)
         cached = None
@@ -125,11 +185,15 @@ def _find_config_file(model: str, cache_dir: str | None, tried: list[str]) -> tu
         return None
     tried.append("Hugging Face hub")
     try:
-        path = hf_hub_download(repo_id=model, filename=CONFIG_FILE, cache_dir=cache_dir, etag_timeout=5)
+        path = hf_hub_download(repo_id=model, filename=filename, cache_dir=cache_dir, etag_timeout=5)
     except Exception as exc:
         tried[-1] += f" (failed: {type(exc).__name__})"
         return None
     return path, f"hub:{path}"
+
+
+def _find_config_file(model: str, cache_dir: str | None, tried: list[str]) -> tuple[str, str] | None:
+    return find_model_file(model, CONFIG_FILE, cache_dir, tried)
 
 
 def resolve_geometry(
@@ -177,16 +241,16 @@ def _resolve(
                 f"(image_processor_type={raw.get('image_processor_type')!r}); pass --mm-family "
                 f"({', '.join(FAMILIES)})"
             )
-        cfg, source = config_from_file(family, raw), found[1]
+        cfg, source = config_from_file(family, raw, model), found[1]
     elif family is not None:
         tried.append(f"built-in defaults of family {family.name}")
-        cfg, source = dict(family.defaults), f"builtin:{family.name}"
+        cfg, source = family.defaults_for(model), f"builtin:{family.name}"
     else:
         raise GeometryNotFoundError(
             f"no image geometry for model {model!r}: tried {'; '.join(tried)}; the model id matches no "
             f"known family. Override with {OVERRIDE_FLAGS}."
         )
-    cfg.update(json.loads(overrides))
+    cfg.update(normalize_overrides(family, json.loads(overrides)))
     return ImageGeometry(model=model, family=family, config=MappingProxyType(cfg), source=source)
 
 

@@ -18,6 +18,7 @@ from harness.mm.assets import AssetStore
 from harness.mm.geometry import ImageGeometry, resolve_geometry
 from harness.mm.images import DEFAULT_FETCH_TIMEOUT_S, DEFAULT_MAX_IMAGE_BYTES, ImagePolicy
 from harness.mm.resolver import ImageResolver
+from harness.mm.text import TextTokenizer, load_tokenizer
 
 #: vLLM's default ``--limit-mm-per-prompt`` for images in the harness's stacks.
 DEFAULT_IMAGE_LIMIT = 16
@@ -39,6 +40,12 @@ class MMOptions:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     media_fetch_timeout: float = DEFAULT_FETCH_TIMEOUT_S
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    #: A tokenizer directory, ``tokenizer.json`` or hub id (vLLM's ``--tokenizer``); None: the model's own.
+    tokenizer: str | None = None
+
+    def text_tokenizer(self, model: str) -> TextTokenizer:
+        """The model's tokenizer (``harness.mm.text``: --tokenizer, model dir, HF cache, hub), else the stand-in."""
+        return load_tokenizer(model, self.tokenizer)
 
     @property
     def image_limit(self) -> int:
@@ -96,6 +103,12 @@ def add_mm_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("multimodal")
     m.add_argument("--mm-family", default=None, help="model family, when the model id does not say")
     m.add_argument("--preprocessor-config", default=None, help="path of a preprocessor_config.json")
+    m.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer directory, tokenizer.json or hub id (default: the model's, found like the image geometry; "
+        "the harness's stand-in when none is found)",
+    )
     m.add_argument("--mm-processor-kwargs", type=json_object("--mm-processor-kwargs"), default={})
     m.add_argument(
         "--limit-mm-per-prompt",

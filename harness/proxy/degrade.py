@@ -107,7 +107,7 @@ def install(proxy: Proxy, modes: frozenset[str]) -> None:
 
         async def by_url(part: ImagePart) -> ResolvedImage:
             resolved = await resolve(part)
-            return ResolvedImage(part.uuid or blake3.blake3(part.url.encode()).hexdigest(), resolved.facts)
+            return dataclasses.replace(resolved, hash=part.uuid or blake3.blake3(part.url.encode()).hexdigest())
 
         images.resolve = by_url  # type: ignore[method-assign]
     if "never_forgets" in modes:
@@ -129,6 +129,7 @@ async def routing_key(proxy: Proxy, body: dict[str, Any], chat: bool, adapter: A
         resolver=proxy.images,
         image_limit=proxy.cfg.mm.image_limit,
         max_prompt_chars=getattr(proxy.cfg.mm, "max_prompt_chars", None),
+        tokenizer=getattr(proxy, "tokenizer", None),
     )
     lora = None if "no_lora" in modes or adapter is None else adapter.served_name
     ctx = rendered.key_context(lora)

@@ -33,6 +33,7 @@ from harness.mm.assets import SCHEME as ASSET_SCHEME
 from harness.mm.families import FAMILIES, family_for_model, get_family
 from harness.mm.hashing import block_hashes
 from harness.mm.request import render_request
+from harness.proxy import degrade
 from harness.proxy.adapters import AdapterCatalog, AdapterInfo
 from harness.proxy.config import ProxyConfig
 from harness.proxy.kv_index import EventIndex, PredictedIndex
@@ -171,6 +172,8 @@ class Proxy:
             # kv_text needs only the template: an unknown model still renders text with the Qwen template.
             family = cfg.mm.mm_family
             self.family = get_family(family) if family else family_for_model(cfg.model) or FAMILIES["qwen3_vl"]
+        # The workers' tokenizer, found the same way from the same options (harness.mm.text), so the keys match.
+        self.tokenizer = cfg.mm.text_tokenizer(cfg.model)
         self.assets = cfg.mm.asset_store()
         self.images = cfg.mm.resolver(cfg.model, self.geometry, assets=self.assets) if self.geometry else None
         self.catalog = AdapterCatalog(cfg.adapter_dir, cfg.model, cfg.max_lora_rank, dict(cfg.adapter_registry))
@@ -181,6 +184,7 @@ class Proxy:
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribers: list[EventSubscriber] = []
         self.clock = time.monotonic
+        degrade.install(self, cfg.degrade)  # test-only degradations (and kv_text's text-only key); usually none
 
     @property
     def transport(self) -> Transport:
@@ -333,6 +337,7 @@ class Proxy:
             resolver=self.images,
             image_limit=self.cfg.mm.image_limit,
             max_prompt_chars=self.cfg.mm.max_prompt_chars,
+            tokenizer=self.tokenizer,
         )
         ctx = rendered.key_context(adapter.served_name if adapter else None)
         prompt = rendered.prompt

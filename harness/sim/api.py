@@ -6,6 +6,7 @@ Handlers turn request bodies into engine requests and the engine's token stream 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -16,7 +17,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from harness.contract import escape_log
-from harness.mm import tokenizer
+from harness.mm.prompt import Prompt
+from harness.mm.text import TextTokenizer, bad_ids
 from harness.server.openai import (
     MAX_BODY_BYTES,
     QUIET_PATHS,
@@ -47,6 +49,7 @@ def _headers(worker: SimWorker, rid: str) -> dict[str, str]:
 def _fault_injection(worker: SimWorker, request: web.Request) -> None:
     if request.path not in INFERENCE_PATHS:
         return
+    worker.check_engine()  # 503 EngineDeadError once the engine loop has died
     if not worker.ready:
         raise ApiError(503, "The server is starting up.")
     worker.num_requests += 1
@@ -90,6 +93,14 @@ async def models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": request.app[WORKER].model_cards()})
 
 
+async def model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}`` as the OpenAI API has it (``client.models.retrieve``): the card, or 404
+    ``NotFoundError``. vLLM does not serve this route (``vllm/entrypoints/openai/models/api_router.py`` registers
+    ``GET /v1/models`` only; FastAPI answers anything under it with 404 ``{"detail": "Not Found"}``), so nothing in
+    the gate may depend on it; the simulated engine answers it for OpenAI clients that retrieve one model."""
+    return json_response(request.app[WORKER].model_card(request.match_info["model_id"]))
+
+
 async def version(request: web.Request) -> web.Response:
     return json_response({"version": "0.33.0+sim"})
 
@@ -99,26 +110,32 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _usage(req: Request, details: bool) -> dict[str, Any]:
-    completion = len(req.outputs)
+def _usage(groups: Sequence[Sequence[Request]], details: bool, cached_from: Request) -> dict[str, Any]:
+    """Usage summed as vLLM sums it: each prompt counted once, however many choices it has, and every choice's
+    completion tokens (``request_output_to_completion_response`` in ``vllm/entrypoints/openai/completion/
+    serving.py``; the chat full and stream generators count one prompt and sum over ``final_res.outputs``).
+    The cached count is one request's: ``cached_from``, the one vLLM reads it from."""
+    prompt = sum(group[0].prompt_len for group in groups)
+    completion = sum(len(req.outputs) for group in groups for req in group)
     usage: dict[str, Any] = {
-        "prompt_tokens": req.prompt_len,
-        "total_tokens": req.prompt_len + completion,
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
         "completion_tokens": completion,
     }
     if details:  # like vLLM, only with --enable-prompt-tokens-details
         # vLLM 0.33 (_make_prompt_tokens_details in vllm/entrypoints/openai/chat_completion/serving.py): an object
         # whenever the engine reported a count, 0 included, with the placeholder tokens per modality; releases
         # before it sent null when nothing was cached, which the gate reads as 0.
-        prompt_details: dict[str, Any] = {"cached_tokens": max(req.num_cached_tokens, 0)}
-        if req.prompt.mm_items:
-            prompt_details["multimodal_tokens"] = {"image": req.prompt.num_image_tokens}
+        prompt_details: dict[str, Any] = {"cached_tokens": max(cached_from.num_cached_tokens, 0)}
+        image_tokens = sum(group[0].prompt.num_image_tokens for group in groups)
+        if image_tokens:
+            prompt_details["multimodal_tokens"] = {"image": image_tokens}
         usage["prompt_tokens_details"] = prompt_details
     return usage
 
 
-def _visible_text(token_ids: Sequence[int]) -> str:
-    return tokenizer.decode(t for t in token_ids if t != tokenizer.EOS_TOKEN_ID)
+def _visible_text(tok: TextTokenizer, token_ids: Sequence[int]) -> str:
+    return tok.decode(t for t in token_ids if t != tok.eos_token_id)
 
 
 def _include_usage(body: dict[str, Any], stream: bool) -> bool:
@@ -129,21 +146,30 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     return bool(opts.get("include_usage", False)) if isinstance(opts, dict) else False
 
 
-def _completion_payload(w: SimWorker, req: Request, chat: bool, model_name: str) -> dict[str, Any]:
-    text = _visible_text(req.outputs)
-    choice: dict[str, Any] = {"index": 0}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
-    else:
-        choice["text"] = text
-    choice.update(logprobs=None, finish_reason=req.finish_reason, stop_reason=req.plan.stop_reason)
+def _completion_payload(
+    w: SimWorker, rid: str, groups: Sequence[Sequence[Request]], chat: bool, model_name: str
+) -> dict[str, Any]:
+    """One choice per prompt and sample, indexed in order (prompt-major, as ``index=len(choices)`` in vLLM)."""
+    choices: list[dict[str, Any]] = []
+    for req in (r for group in groups for r in group):
+        text = _visible_text(w.tokenizer, req.outputs)
+        choice: dict[str, Any] = {"index": len(choices)}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+        else:
+            choice["text"] = text
+        choice.update(logprobs=None, finish_reason=req.finish_reason, stop_reason=req.plan.stop_reason)
+        choices.append(choice)
+    # The chat response reads the parent's count; a completion batch reads the last prompt's
+    # (``last_final_res.num_cached_tokens``).
+    cached_from = groups[0][0] if chat else groups[-1][0]
     return {
-        "id": ("chatcmpl-" if chat else "cmpl-") + req.request_id,
+        "id": ("chatcmpl-" if chat else "cmpl-") + rid,
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": model_name,
-        "choices": [choice],
-        "usage": _usage(req, w.cfg.enable_prompt_tokens_details),
+        "choices": choices,
+        "usage": _usage(groups, w.cfg.enable_prompt_tokens_details, cached_from),
     }
 
 
@@ -152,25 +178,53 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     body = await read_json_object(request)
     stream = bool(body.get("stream", False))
     include_usage = _include_usage(body, stream)
-    req = await w.submit(request["rid"], body, chat)
+    rid = request["rid"]
+    groups = await w.submit(rid, body, chat)
+    reqs = [r for group in groups for r in group]
     model_name = body.get("model") or w.cfg.model_name
     stats = request["stats"]
-    stats["prompt_tokens"] = req.prompt_len
+    stats["prompt_tokens"] = sum(group[0].prompt_len for group in groups)
     try:
         if stream:
-            return await _stream(request, w, req, chat, model_name, include_usage)
-        await w.wait_finished(req)  # ApiError 503 if the engine loop dies meanwhile
+            return await _stream(request, w, rid, groups, chat, model_name, include_usage)
+        for req in reqs:
+            await w.wait_finished(req)  # ApiError 503 if the engine loop dies meanwhile
     finally:
-        w.abort(req)  # no-op once finished; a client gone mid-request frees its blocks
-        stats["cached_tokens"] = max(req.num_cached_tokens, 0)
-        stats["completion_tokens"] = len(req.outputs)
-    return json_response(_completion_payload(w, req, chat, model_name), headers=_headers(w, req.request_id))
+        for req in reqs:
+            w.abort(req)  # no-op once finished; a client gone mid-request frees its blocks
+        stats["cached_tokens"] = max(reqs[0].num_cached_tokens, 0)
+        stats["completion_tokens"] = sum(len(req.outputs) for req in reqs)
+    return json_response(_completion_payload(w, rid, groups, chat, model_name), headers=_headers(w, rid))
+
+
+async def _wait_any(reqs: Sequence[Request]) -> None:
+    """Until one of ``reqs`` has changed (a token or its end); their events are cleared before returning."""
+    if len(reqs) == 1:
+        await reqs[0].changed.wait()
+    elif not any(r.changed.is_set() for r in reqs):
+        waiters = [asyncio.ensure_future(r.changed.wait()) for r in reqs]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+    for r in reqs:
+        r.changed.clear()
 
 
 async def _stream(
-    request: web.Request, w: SimWorker, req: Request, chat: bool, model: str, include_usage: bool
+    request: web.Request,
+    w: SimWorker,
+    rid: str,
+    groups: Sequence[Sequence[Request]],
+    chat: bool,
+    model: str,
+    include_usage: bool,
 ) -> web.StreamResponse:
-    rid = req.request_id
+    """SSE chunks of every choice as its tokens come, each with its ``index`` (``output.index + prompt_idx * n``,
+    vLLM's completion_stream_generator)."""
+    reqs = [r for group in groups for r in group]
+    tok = w.tokenizer
     resp = web.StreamResponse(
         headers={**_headers(w, rid), "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -191,42 +245,46 @@ async def _stream(
             data["usage"] = usage
         return sse_event(data)
 
-    def choice(text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
+    def choice(index: int, text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
 
-    sent = 0
+    sent = [0] * len(reqs)
+    done = [False] * len(reqs)  # finished and every token sent
     role_sent = not chat
-    while True:
-        if sent == len(req.outputs) and not req.finished:
-            await req.changed.wait()
-            req.changed.clear()
-        new = req.outputs[sent:]
-        if new or req.finished:
-            buf = bytearray()
+    while not all(done):
+        if not any(len(r.outputs) > sent[i] or (r.finished and not done[i]) for i, r in enumerate(reqs)):
+            await _wait_any([r for i, r in enumerate(reqs) if not done[i]])
+            continue
+        buf = bytearray()
+        for i, req in enumerate(reqs):
+            new = req.outputs[sent[i] :]
+            if not new and not (req.finished and not done[i]):
+                continue
             if not role_sent:
-                # vLLM sends the role chunk on the first engine output, i.e. with the first token after prefill
-                # (chat_completion_stream_generator in vllm/entrypoints/openai/chat_completion/serving.py), so a
-                # client timing TTFT from the first chunk reads the real TTFT.
-                buf += chunk([choice("", None, first=True)])
+                # vLLM sends the role chunks (one per choice) on the first engine output, i.e. with the first token
+                # after prefill (chat_completion_stream_generator in vllm/entrypoints/openai/chat_completion/
+                # serving.py), so a client timing TTFT from the first chunk reads the real TTFT.
+                for index in range(len(reqs)):
+                    buf += chunk([choice(index, "", None, first=True)])
                 role_sent = True
-            for i, tid in enumerate(new):
-                last = req.finished and sent + i + 1 == len(req.outputs)
-                text = "" if tid == tokenizer.EOS_TOKEN_ID else tokenizer.decode((tid,))
-                buf += chunk([choice(text, req.finish_reason if last else None)])
-            sent += len(new)
-            if buf:
-                await resp.write(bytes(buf))
-        if req.finished and sent == len(req.outputs):
-            break
+            for k, tid in enumerate(new):
+                last = req.finished and sent[i] + k + 1 == len(req.outputs)
+                text = "" if tid == tok.eos_token_id else tok.decode((tid,))
+                buf += chunk([choice(i, text, req.finish_reason if last else None)])
+            sent[i] += len(new)
+            done[i] = req.finished and sent[i] == len(req.outputs)
+        if buf:
+            await resp.write(bytes(buf))
     if w.engine_error is not None:  # the engine died mid-stream: say so in-band, and no [DONE]
         await resp.write(sse_event(error_body(ApiError(503, f"The engine is dead: {w.engine_error}"))))
         await resp.write_eof()
         return resp
     if include_usage:
-        await resp.write(chunk([], _usage(req, w.cfg.enable_prompt_tokens_details)))
+        # Streamed usage reads the cached count of the first output (``first_iteration`` in both generators).
+        await resp.write(chunk([], _usage(groups, w.cfg.enable_prompt_tokens_details, reqs[0])))
     await resp.write(SSE_DONE)
     await resp.write_eof()
     return resp
@@ -245,24 +303,31 @@ async def tokenize(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     if "messages" not in body and "prompt" not in body:
         raise ApiError(400, "Either 'prompt' or 'messages' is required.", "prompt")
-    rendered = await w.render(body, chat="messages" in body)
+    chat = "messages" in body
+    if not chat and not isinstance(body.get("prompt"), str):
+        # vLLM's TokenizeCompletionRequest takes one string (``prompt: str``), no ids and no batch.
+        raise ApiError(400, "1 validation error: prompt: Input should be a valid string", "prompt")
+    rendered = await w.render(body, chat=chat)
     ids = rendered.prompt.token_ids
     return json_response({"count": len(ids), "max_model_len": w.max_model_len, "tokens": ids, "token_strs": None})
 
 
 async def detokenize(request: web.Request) -> web.Response:
+    w = request.app[WORKER]
     body = await read_json_object(request)
     tokens = body.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
         raise ApiError(400, "tokens must be a list of integers", "tokens")
-    bad = next((t for t in tokens if not tokenizer.is_valid_id(t)), None)
-    if bad is not None:
-        raise ApiError(400, f"token id {bad} is out of vocabulary", "tokens")
-    return json_response({"prompt": tokenizer.decode(tokens)})
+    bad = bad_ids(w.tokenizer, tokens)
+    if bad:
+        raise ApiError(400, f"token id {bad[0]} is out of vocabulary", "tokens")
+    return json_response({"prompt": w.tokenizer.decode(tokens)})
 
 
-def _generate_request(w: SimWorker, rid: str, body: dict[str, Any], rendered: Rendered) -> dict[str, Any]:
-    prompt = rendered.prompt
+def _generate_request(
+    w: SimWorker, rid: str, body: dict[str, Any], rendered: Rendered, prompt: Prompt | None = None
+) -> dict[str, Any]:
+    prompt = prompt or rendered.prompt
     params = w.sampling_params(body, prompt)
     features = None
     if prompt.mm_items:
@@ -301,7 +366,10 @@ async def completions_render(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     w.resolve_model(body)
     rendered = await w.render(body, chat=False)
-    return json_response([_generate_request(w, request["rid"], body, rendered)])
+    prompts = rendered.request.batch
+    # One generate request per prompt, ids as serving_completion numbers a batch (``{request_id}-{i}``).
+    rids = [request["rid"]] if len(prompts) == 1 else [f"{request['rid']}-{i}" for i in range(len(prompts))]
+    return json_response([_generate_request(w, r, body, rendered, p) for r, p in zip(rids, prompts, strict=True)])
 
 
 async def reset_prefix_cache(request: web.Request) -> web.Response:
@@ -341,6 +409,7 @@ def build_app(worker: SimWorker) -> web.Application:
     app.router.add_get("/ping", health)
     app.router.add_get("/version", version)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model_id:.+}", model)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)

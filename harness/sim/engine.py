@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from harness.mm import tokenizer
 from harness.mm.hashing import NONE_HASH, BlockKeyContext, block_hashes
 from harness.mm.prompt import Prompt
+from harness.mm.text import STANDIN, TextTokenizer
 from harness.sim.kv_cache import Block, BlockPool
 from harness.sim.timing import TimingModel
 
@@ -44,8 +44,9 @@ class OutputPlan:
     stop_reason: str | None = None
 
 
-def plan_output(answer: str, params: SamplingParams) -> OutputPlan:
-    """Apply ``stop``, ``ignore_eos`` and ``max_tokens`` to an answer the way vLLM's sampler ends one."""
+def plan_output(answer: str, params: SamplingParams, tokenizer: TextTokenizer = STANDIN) -> OutputPlan:
+    """Apply ``stop``, ``ignore_eos`` and ``max_tokens`` to an answer the way vLLM's sampler ends one, in the
+    worker's tokenizer (its EOS id ends the answer)."""
     stop_reason = None
     cut = len(answer)
     for s in params.stop:
@@ -53,15 +54,16 @@ def plan_output(answer: str, params: SamplingParams) -> OutputPlan:
         if 0 <= pos < cut:
             cut, stop_reason = pos, s
     ids = tokenizer.encode(answer[:cut])
+    eos = tokenizer.eos_token_id
     if stop_reason is not None:
         if len(ids) <= params.max_tokens:
             return OutputPlan(tuple(ids), "stop", stop_reason)
         return OutputPlan(tuple(ids[: params.max_tokens]), "length")
     if params.ignore_eos:
-        base = ids or [tokenizer.EOS_TOKEN_ID]
+        base = ids or [eos]
         reps = math.ceil(params.max_tokens / len(base))
         return OutputPlan(tuple((base * reps)[: params.max_tokens]), "length")
-    ids.append(tokenizer.EOS_TOKEN_ID)  # vLLM counts the EOS token in completion_tokens
+    ids.append(eos)  # vLLM counts the EOS token in completion_tokens
     if len(ids) <= params.max_tokens:
         return OutputPlan(tuple(ids), "stop")
     return OutputPlan(tuple(ids[: params.max_tokens]), "length")

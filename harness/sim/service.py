@@ -20,7 +20,6 @@ import aiohttp
 
 from harness.errors import ApiError
 from harness.gpu.simulated import SimGpuRegistry
-from harness.mm import tokenizer
 from harness.mm.geometry import ImageGeometry
 from harness.mm.prompt import Prompt
 from harness.mm.request import RenderedRequest, render_request, text_chars
@@ -33,10 +32,14 @@ from harness.sim.kv_cache import BlockPool
 from harness.sim.lora import LoraRegistry
 from harness.sim.metrics import EngineMetrics
 from harness.sim.model_specs import ModelSpec, model_spec
-from harness.sim.params import sampling_fields
+from harness.sim.params import SamplingFields, sampling_fields
 from harness.sim.timing import TimingModel
 
 log = logging.getLogger("harness.sim.worker")
+
+#: Engine requests one body may fan out into (prompts of a batch times ``n``). vLLM sets no such bound; the
+#: simulated engine does, so one body cannot queue a million requests.
+MAX_CHOICES = 256
 
 GIB = 1024**3
 #: Fraction of the weights a start-up profiling run adds at its peak (activations of a max-size batch).
@@ -83,6 +86,8 @@ class SimWorker:
         self.cfg = cfg
         self.spec = model_spec(cfg.model)
         self.geometry: ImageGeometry = cfg.mm.geometry(cfg.model)
+        #: The model's tokenizer when found (``harness.mm.text``), else the stand-in: the proxy loads the same.
+        self.tokenizer = cfg.mm.text_tokenizer(cfg.model)
         self.num_blocks, self.kv_bytes = kv_cache_plan(cfg, self.spec)
         capacity_tokens = self.num_blocks * cfg.block_size
         self.max_model_len = cfg.max_model_len or min(self.spec.max_model_len, capacity_tokens)
@@ -184,12 +189,13 @@ class SimWorker:
         self.ready = True
         family = self.geometry.family.name
         log.info(
-            "worker %s ready: model=%s family=%s geometry=%s blocks=%d block_size=%d max_model_len=%d "
-            "kv_bytes=%d speedup=%g",
+            "worker %s ready: model=%s family=%s geometry=%s tokenizer=%s blocks=%d block_size=%d "
+            "max_model_len=%d kv_bytes=%d speedup=%g",
             self.cfg.name,
             self.cfg.model_name,
             family,
             self.geometry.source,
+            self.tokenizer.source,
             self.num_blocks,
             self.cfg.block_size,
             self.max_model_len,
@@ -248,11 +254,11 @@ class SimWorker:
         raise ApiError(404, f"The model `{model}` does not exist.", "model", "NotFoundError")
 
     def check_text_size(self, body: dict[str, Any], chat: bool) -> None:
-        """Refuse text that cannot fit before tokenizing it (a 30 MB prompt tokenizes for seconds). Every token of
-        ``harness.mm.tokenizer`` covers at most ``MAX_CHUNK_BYTES`` bytes, so at most that many characters: a
-        prompt of ``n`` characters has at least ``ceil(n / MAX_CHUNK_BYTES)`` tokens."""
+        """Refuse text that cannot fit before tokenizing it (a 30 MB prompt tokenizes for seconds). No token of the
+        worker's tokenizer covers more than ``max_chars_per_token`` characters, so a prompt of ``n`` characters has
+        at least ``ceil(n / max_chars_per_token)`` tokens."""
         chars = text_chars(body, chat)
-        at_least = -(-chars // tokenizer.MAX_CHUNK_BYTES)
+        at_least = -(-chars // self.tokenizer.max_chars_per_token)
         if at_least >= self.max_model_len:
             raise ApiError(
                 400,
@@ -272,39 +278,69 @@ class SimWorker:
             resolver=self.images,
             image_limit=self.cfg.mm.image_limit,
             max_prompt_chars=self.cfg.mm.max_prompt_chars,
+            tokenizer=self.tokenizer,
         )
         return Rendered(request)
 
-    async def answer(self, rendered: Rendered, chat: bool) -> str:
-        """The deterministic answer: image colours (a reduced decode, on the resolver's threads) or the text."""
+    async def answer(self, rendered: Rendered, chat: bool, prompt: Prompt | None = None) -> str:
+        """The deterministic answer: image colours (a reduced decode, on the resolver's threads) or the text
+        (of ``prompt``, one of a completion batch; the first by default)."""
         request = rendered.request
         if request.images:
             return answers.describe_images([await self.images.analysis(im) for im in request.images])
         if chat:
             return answers.answer_text(request.last_user_text())
-        return answers.answer_text(tokenizer.decode(request.prompt.token_ids))
+        return answers.answer_text(self.tokenizer.decode((prompt or request.prompt).token_ids))
 
-    async def submit(self, rid: str, body: dict[str, Any], chat: bool) -> Request:
-        """Validate and render ``body`` and hand it to the engine: the whole request path short of HTTP."""
+    async def submit(self, rid: str, body: dict[str, Any], chat: bool) -> list[list[Request]]:
+        """Validate and render ``body`` and hand it to the engine: the whole request path short of HTTP.
+
+        One engine request per prompt and choice, grouped by prompt: vLLM's serving_completion schedules a batch
+        as one request per prompt (``{request_id}-{i}``, ``vllm/entrypoints/openai/completion/serving.py``) and
+        ``n`` fans a request out into ``n`` child requests (``ParentRequest.get_child_info`` in
+        ``vllm/v1/engine/parallel_sampling.py``: ids ``{index}_{parent id}``) that share the prompt's blocks.
+        Every prompt is checked before any is scheduled."""
         self.check_engine()
         lora = self.resolve_model(body)
         rendered = await self.render(body, chat)
-        params = self.sampling_params(body, rendered.prompt)  # length checks: before any pixel is decoded
-        answer = await self.answer(rendered, chat)
+        prompts = rendered.request.batch
+        fields = sampling_fields(body)
+        if fields.n * len(prompts) > MAX_CHOICES:
+            raise ApiError(
+                400,
+                f"{len(prompts)} prompt(s) with n={fields.n} make {fields.n * len(prompts)} sequences; the simulated "
+                f"engine takes at most {MAX_CHOICES} per request.",
+                "n",
+            )
+        # length checks: before any pixel is decoded
+        params = [self.sampling_params(body, prompt, fields) for prompt in prompts]
+        plans = [
+            plan_output(await self.answer(rendered, chat, prompt), p, self.tokenizer)
+            for prompt, p in zip(prompts, params, strict=True)
+        ]
         self.check_engine()
-        req = Request(
-            request_id=rid,
-            prompt=rendered.prompt,
-            plan=plan_output(answer, params),
-            key_ctx=rendered.request.key_context(lora),  # by name only, as vLLM keys blocks
-        )
-        self.metrics.observe_mm_items([it.hash for it in rendered.prompt.mm_items])
-        self.engine.add_request(req)
-        return req
+        groups: list[list[Request]] = []
+        for i, (prompt, plan) in enumerate(zip(prompts, plans, strict=True)):
+            prompt_rid = rid if len(prompts) == 1 else f"{rid}-{i}"
+            ids = [prompt_rid] if fields.n == 1 else [f"{j}_{prompt_rid}" for j in range(fields.n)]
+            key_ctx = rendered.request.key_context(lora)  # by name only, as vLLM keys blocks
+            groups.append([Request(request_id=r, prompt=prompt, plan=plan, key_ctx=key_ctx) for r in ids])
+        for group in groups:
+            self.metrics.observe_mm_items([it.hash for it in group[0].prompt.mm_items])
+            for req in group:
+                self.engine.add_request(req)
+        return groups
 
     def abort(self, req: Request) -> None:
         if not req.finished:
             self.engine.abort(req)
+
+    def model_card(self, model_id: str) -> dict[str, Any]:
+        """``GET /v1/models/{id}``: the card of the base model or a loaded adapter, else 404 ``NotFoundError``."""
+        for card in self.model_cards():
+            if card["id"] == model_id:
+                return card
+        raise ApiError(404, f"The model `{model_id}` does not exist.", "model", "NotFoundError")
 
     def model_cards(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: the base model and every loaded adapter, as vLLM lists them."""
@@ -342,12 +378,12 @@ class SimWorker:
             )
         return max_tokens
 
-    def sampling_params(self, body: dict[str, Any], prompt: Prompt) -> SamplingParams:
+    def sampling_params(
+        self, body: dict[str, Any], prompt: Prompt, fields: SamplingFields | None = None
+    ) -> SamplingParams:
         """The body's sampling fields, validated as vLLM's request models and ``SamplingParams`` do
         (``harness.sim.params``), then checked against the context length."""
-        fields = sampling_fields(body)
-        if fields.n != 1:
-            raise ApiError(400, "n > 1 is not supported by the simulated engine.", "n")
+        fields = fields or sampling_fields(body)
         return SamplingParams(
             max_tokens=self.check_length(prompt, fields.max_tokens),
             stop=fields.stop,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -298,4 +299,4 @@ def test_render_text_rejects_bad_ids(bad: Any) -> None:
     with pytest.raises(PromptError, match="out of vocabulary") as info:
         render_text([300, bad, 301])
     assert info.value.param == "prompt"
-    assert repr(bad) in str(info.value)
+    assert json.dumps(bad) in str(info.value)  # the client's value as JSON (null, "5"), never a Python repr

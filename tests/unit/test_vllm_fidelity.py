@@ -260,3 +260,235 @@ def test_sampling_fields_lax_coercions_like_pydantic() -> None:
     assert sampling_fields({"max_completion_tokens": 3, "max_tokens": 9}).max_tokens == 3
     assert lax_bool({"load_inplace": 1}, "load_inplace") is True
     assert lax_bool({"load_inplace": "off"}, "load_inplace") is False
+
+
+# -- n, batches, /v1/models/{id}, mm_processor_kwargs -------------------------------------------------------------
+async def _calls(w: SimWorker, calls: list[tuple[str, str, dict[str, Any] | None]]) -> list[tuple[int, Any]]:
+    """Run HTTP calls against a started worker (engine running, no delays); JSON or SSE events back."""
+    w.ready = True
+    w.engine.start()
+    client = TestClient(TestServer(build_app(w)))
+    await client.start_server()
+    out: list[tuple[int, Any]] = []
+    try:
+        for method, path, body in calls:
+            resp = await client.request(method, path, json=body)
+            text = await resp.text()
+            if body is not None and body.get("stream"):
+                events = [e[6:] for e in text.split("\n\n") if e.startswith("data: ")]
+                assert events[-1] == "[DONE]"
+                out.append((resp.status, [json.loads(e) for e in events[:-1]]))
+            else:
+                out.append((resp.status, json.loads(text)))
+    finally:
+        await client.close()
+        await w.engine.stop()
+    return out
+
+
+def calls(w: SimWorker, *items: tuple[str, str, dict[str, Any] | None]) -> list[tuple[int, Any]]:
+    return asyncio.run(_calls(w, list(items)))
+
+
+CHAT = {"messages": [{"role": "user", "content": "Tell me about routers"}], "max_tokens": 50}
+
+
+def test_n_choices_with_usage_summed_like_vllm() -> None:
+    """``n`` fans out into child requests (vllm/v1/engine/parallel_sampling.py); the chat response has one choice per
+    sample, ``index`` 0..n-1, the prompt counted once and the completion tokens summed over the outputs
+    (chat_completion_full_generator / stream generator in vllm/entrypoints/openai/chat_completion/serving.py)."""
+    (_, one), (_, three), (_, streamed) = calls(
+        worker(),
+        ("POST", "/v1/chat/completions", CHAT),
+        ("POST", "/v1/chat/completions", {**CHAT, "n": 3}),
+        ("POST", "/v1/chat/completions", {**CHAT, "n": 2, "stream": True, "stream_options": {"include_usage": True}}),
+    )
+    assert [c["index"] for c in three["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] == one["choices"][0]["message"]["content"] for c in three["choices"])
+    u1, u3 = one["usage"], three["usage"]
+    assert u3["prompt_tokens"] == u1["prompt_tokens"]  # once, not three times
+    assert u3["completion_tokens"] == 3 * u1["completion_tokens"]
+    assert u3["total_tokens"] == u3["prompt_tokens"] + u3["completion_tokens"]
+    # Streamed: a role chunk for each index first, then each index's tokens, then the summed usage.
+    roles = [e["choices"][0]["index"] for e in streamed[:2]]
+    assert roles == [0, 1] and all(e["choices"][0]["delta"].get("role") == "assistant" for e in streamed[:2])
+    texts = {0: "", 1: ""}
+    for e in streamed[2:-1]:
+        texts[e["choices"][0]["index"]] += e["choices"][0]["delta"].get("content", "")
+    assert texts[0] == texts[1] == one["choices"][0]["message"]["content"]
+    assert streamed[-1]["usage"]["prompt_tokens"] == u1["prompt_tokens"]
+    assert streamed[-1]["usage"]["completion_tokens"] == 2 * u1["completion_tokens"]
+
+
+def test_completion_batch_one_choice_per_prompt() -> None:
+    """A list of prompts is a batch (CompletionRequest.prompt in vllm/entrypoints/openai/completion/protocol.py):
+    ``request_output_to_completion_response`` gives one choice per prompt and sample, ``index=len(choices)``, and
+    sums prompt and completion tokens; the stream numbers choices ``output.index + prompt_idx * n``."""
+    prompts = ["the first prompt", "a second, longer prompt about caches"]
+    base = {"max_tokens": 20}
+    results = calls(
+        worker(),
+        ("POST", "/tokenize", {"prompt": prompts[0]}),
+        ("POST", "/tokenize", {"prompt": prompts[1]}),
+        ("POST", "/v1/completions", {**base, "prompt": prompts[1]}),
+        ("POST", "/v1/completions", {**base, "prompt": prompts}),
+        ("POST", "/v1/completions", {**base, "prompt": prompts, "n": 2}),
+        ("POST", "/v1/completions", {**base, "prompt": prompts, "n": 2, "stream": True,
+                                     "stream_options": {"include_usage": True}}),
+        ("POST", "/v1/completions/render", {**base, "prompt": prompts}),
+    )  # fmt: skip
+    (_, t0), (_, t1), (_, single), (s_batch, batch), (_, batch_n), (_, streamed), (_, rendered) = results
+    assert s_batch == 200
+    assert [c["index"] for c in batch["choices"]] == [0, 1]
+    assert batch["choices"][1]["text"] == single["choices"][0]["text"]  # each prompt answered on its own
+    assert batch["choices"][0]["text"] != batch["choices"][1]["text"]
+    assert batch["usage"]["prompt_tokens"] == t0["count"] + t1["count"]
+    assert batch["usage"]["completion_tokens"] > single["usage"]["completion_tokens"]  # both prompts' outputs
+    assert batch["usage"]["total_tokens"] == batch["usage"]["prompt_tokens"] + batch["usage"]["completion_tokens"]
+    assert [c["index"] for c in batch_n["choices"]] == [0, 1, 2, 3]
+    first, second = (c["text"] for c in batch["choices"])
+    assert [c["text"] for c in batch_n["choices"]] == [first, first, second, second]
+    assert batch_n["usage"]["prompt_tokens"] == t0["count"] + t1["count"]  # each prompt once, whatever n
+    assert batch_n["usage"]["completion_tokens"] == 2 * batch["usage"]["completion_tokens"]
+    streamed_text: dict[int, str] = {}
+    for e in streamed[:-1]:
+        c = e["choices"][0]
+        streamed_text[c["index"]] = streamed_text.get(c["index"], "") + c["text"]
+    assert streamed_text == {c["index"]: c["text"] for c in batch_n["choices"]}
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert streamed[-1]["usage"][key] == batch_n["usage"][key]
+    assert [len(r["token_ids"]) for r in rendered] == [t0["count"], t1["count"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", [1, 2]]}, "prompt"),
+        ({"prompt": "x", "n": 300}, "n"),
+    ],
+)
+def test_completion_batch_refusals(body: dict[str, Any], param: str) -> None:
+    ((status, err),) = calls(worker(), ("POST", "/v1/completions", {"max_tokens": 5, **body}))
+    assert status == 400 and err["error"]["param"] == param
+
+
+def test_tokenize_takes_one_string_prompt() -> None:
+    """vLLM's TokenizeCompletionRequest has ``prompt: str``: a batch is a validation error, not the first prompt."""
+    ((status, err),) = calls(worker(), ("POST", "/tokenize", {"prompt": ["a", "b"]}))
+    assert status == 400 and err["error"]["param"] == "prompt"
+
+
+def test_model_by_id_card_or_not_found() -> None:
+    """``GET /v1/models/{id}`` (the OpenAI API's retrieve; vLLM 0.33 serves only ``GET /v1/models``): the card, or
+    404 with type NotFoundError."""
+    w = worker()
+    (s1, card), (s2, missing), (_, listing) = calls(
+        w,
+        ("GET", "/v1/models/Qwen/Qwen2.5-VL-3B-Instruct", None),
+        ("GET", "/v1/models/no-such-model", None),
+        ("GET", "/v1/models", None),
+    )
+    assert s1 == 200 and card == listing["data"][0] and card["id"] == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert s2 == 404 and missing["error"]["type"] == "NotFoundError" and "no-such-model" in missing["error"]["message"]
+
+
+def _image_chat(kwargs: dict[str, Any] | None, uuid: str | None = None) -> dict[str, Any]:
+    from tests.helpers import data_url, image_message, png_bytes
+
+    body: dict[str, Any] = {"messages": image_message(data_url(png_bytes("green", (1024, 768))), uuid=uuid)}
+    if kwargs is not None:
+        body["mm_processor_kwargs"] = kwargs
+    return body
+
+
+def test_request_mm_processor_kwargs_apply_and_enter_the_hash() -> None:
+    """Per-request ``mm_processor_kwargs`` reach the processor (fewer placeholders at a lower ``max_pixels``) and
+    the image hash (ProcessorInputs.get_mm_hashes in vllm/multimodal/processing/inputs.py hashes the kwargs with
+    the item, even when a ``uuid`` names it)."""
+    small = {"max_pixels": 128 * 28 * 28}
+    size_form = {"size": {"shortest_edge": 3136, "longest_edge": 128 * 28 * 28}}
+    results = calls(
+        worker(),
+        ("POST", "/v1/chat/completions/render", _image_chat(None)),
+        ("POST", "/v1/chat/completions/render", _image_chat(small)),
+        ("POST", "/v1/chat/completions/render", _image_chat(size_form)),
+        ("POST", "/v1/chat/completions/render", _image_chat(None, uuid="img-1")),
+        ("POST", "/v1/chat/completions/render", _image_chat(small, uuid="img-1")),
+        ("POST", "/v1/chat/completions/render", _image_chat({"max_pixels": "lots"})),
+        ("POST", "/v1/chat/completions/render", _image_chat([1])),  # type: ignore[arg-type]
+    )
+    (_, base), (_, low), (_, low_size), (_, named), (_, named_low), (s_bad, bad), (s_list, _) = results
+
+    def item(r: dict[str, Any]) -> tuple[str, int]:
+        return r["features"]["mm_hashes"]["image"][0], r["features"]["mm_placeholders"]["image"][0]["length"]
+
+    assert item(base)[1] == 37 * 27  # 1024x768 at Qwen2.5-VL's default bounds: smart_resize to 1036x756, 28 px cells
+    assert item(low)[1] < item(base)[1] and item(low)[1] <= 128
+    assert item(low_size)[1] == item(low)[1]  # the transformers-5 size form means the same bounds
+    assert item(low)[0] != item(base)[0]
+    assert item(named)[0] == "img-1"  # a uuid alone is the hash
+    assert item(named_low)[0] not in ("img-1", item(low)[0])  # with kwargs it is rehashed
+    assert s_bad == 400 and bad["error"]["param"] == "mm_processor_kwargs"
+    assert s_list == 400
+
+
+def test_mm_processor_kwargs_flag_takes_the_size_form() -> None:
+    """transformers 5 writes Qwen2-VL's bounds as ``size: {shortest_edge: min_pixels, longest_edge: max_pixels}``
+    (Qwen2VLImageProcessor); ``--mm-processor-kwargs`` in that form sets the same bounds as the flat keys."""
+    from harness.mm.geometry import resolve_geometry
+
+    flat = resolve_geometry("Qwen/Qwen2.5-VL-3B-Instruct", overrides={"min_pixels": 6272, "max_pixels": 200704})
+    size = resolve_geometry(
+        "Qwen/Qwen2.5-VL-3B-Instruct", overrides={"size": {"shortest_edge": 6272, "longest_edge": 200704}}
+    )
+    assert (size.config["min_pixels"], size.config["max_pixels"]) == (6272, 200704)
+    default = resolve_geometry("Qwen/Qwen2.5-VL-3B-Instruct")
+    assert size.num_tokens(2000, 1500) == flat.num_tokens(2000, 1500) <= 200704 // (28 * 28)
+    assert default.num_tokens(2000, 1500) > 256
+    with pytest.raises(ValueError, match="min_pixels"):
+        resolve_geometry("Qwen/Qwen2.5-VL-3B-Instruct", overrides={"min_pixels": 10**7, "max_pixels": 10**6})
+
+
+@pytest.mark.parametrize(
+    "model", ["llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-interleave-qwen-0.5b-hf",
+              "llava-hf/LLaVA-NeXT-Video-7B-hf"]
+)  # fmt: skip
+def test_unsupported_llava_variants_are_refused_by_name(model: str) -> None:
+    """These are not LLaVA-1.5 (vLLM serves OneVision with llava_onevision.py's own processor); matching them by
+    the bare ``llava`` pattern would count 576 placeholders where the model uses others."""
+    from harness.mm.families import UnsupportedModelError, family_for_model
+    from harness.mm.geometry import resolve_geometry
+
+    with pytest.raises(UnsupportedModelError, match="does not reproduce"):
+        family_for_model(model)
+    with pytest.raises(ValueError):
+        resolve_geometry(model)
+    assert family_for_model("llava-hf/llava-1.5-7b-hf").name == "llava"  # type: ignore[union-attr]
+    assert family_for_model("llava-hf/llava-v1.6-mistral-7b-hf").name == "llava_next"  # type: ignore[union-attr]
+
+
+def test_phi35_vision_defaults_to_four_crops() -> None:
+    """vLLM's tests/models/multimodal/processing/test_phi3v.py: "the default num_crops of phi-3.5-vision is 4"
+    (757 tokens per image, 1921 with num_crops 16); Phi-3-vision's preprocessor_config.json says 16."""
+    from harness.mm.geometry import resolve_geometry
+
+    phi35 = resolve_geometry("microsoft/Phi-3.5-vision-instruct")
+    phi3 = resolve_geometry("microsoft/Phi-3-vision-128k-instruct")
+    assert phi35.config["num_crops"] == 4 and phi3.config["num_crops"] == 16
+    assert phi35.num_tokens(1200, 800) == 757
+    assert phi3.num_tokens(1200, 800) == 1921
+    sixteen = resolve_geometry("microsoft/Phi-3.5-vision-instruct", overrides={"num_crops": 16})
+    assert sixteen.num_tokens(1200, 800) == 1921
+
+
+def test_error_messages_show_client_values_as_json() -> None:
+    """Error bodies quote what the client sent as JSON, never a Python repr (``{'a': 1}``, ``None``)."""
+    ((s1, e1), (s2, e2)) = calls(
+        worker(),
+        ("POST", "/v1/chat/completions", {"messages": [{"role": {"a": 1}, "content": "x"}]}),
+        ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": None}]}]}),
+    )
+    assert s1 == s2 == 400
+    assert '{"a": 1}' in e1["error"]["message"] and "{'a'" not in e1["error"]["message"]
+    assert "null" in e2["error"]["message"] and "None" not in e2["error"]["message"]
