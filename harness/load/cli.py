@@ -381,6 +381,8 @@ def _main(args: argparse.Namespace, run_dir: Path, argv: Sequence[str]) -> int:
         report.status = status
         report.close()
         report.write()
+    if rc == 0 and any(run.get("stats", {}).get("ok", 0) == 0 for run in report.runs):
+        rc = 1  # a run in which no request succeeded measured nothing
     print(markdown_table(table_rows(report.to_json())))
     for run in report.runs:
         if run.get("client_bound"):
@@ -492,6 +494,7 @@ class _Runner:
         asset_dir: Path | None,
     ) -> bool:
         from harness.load.bench import RunSpec, cache_blocks_from_metrics, discover_workers
+        from harness.report.bench import safe_label
         from harness.stack.launch import LaunchError, launched
 
         self.report.config["sweep_stop"] = args.sweep_stop
@@ -518,8 +521,10 @@ class _Runner:
             if router is not None:
                 over = {**case.overrides, "router": router, "policy": policy, "expect": "pass"}
                 variant = dataclasses.replace(case, overrides=over)
+            logs = log_root / safe_label(label)  # variants share the case id, hence the log names
+            logs.mkdir(parents=True, exist_ok=True)
             try:
-                with launched(variant, log_root, extra_env=env) as stack:
+                with launched(variant, logs, extra_env=env) as stack:
                     workers = discover_workers(stack.worker_urls)
                     direct = compare is not None and router is None
                     urls = tuple(_chat_url(u) for u in stack.worker_urls) if direct else (_chat_url(stack.url),)

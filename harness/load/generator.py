@@ -184,6 +184,44 @@ def _error_detail(raw: bytes) -> str:
     return raw[:300].decode("utf-8", errors="replace")
 
 
+_CONTENT, _EMPTY, _PARSE = object(), object(), object()
+_TEXT_KEYS = (b'"content":', b'"reasoning_content":', b'"text":')
+_SLOW_MARKERS = (b'"usage"', b'"error"', b'"nvext"')
+
+
+def _classify(data: bytes) -> object:
+    """Whether a chunk carries content, without parsing JSON on the hot path (one parse per chunk would cost a
+    third of the generator's ceiling). Chunks with usage, errors or nvext, or any shape this scan does not know,
+    are parsed in full."""
+    if any(m in data for m in _SLOW_MARKERS):
+        return _PARSE
+    found = False
+    for key in _TEXT_KEYS:
+        i = data.find(key)
+        while i >= 0:
+            j = i + len(key)
+            while j < len(data) and data[j] in b" \t":
+                j += 1
+            if data.startswith(b'"', j) and not data.startswith(b'""', j):
+                return _CONTENT
+            if not (data.startswith(b'""', j) or data.startswith(b"null", j)):
+                return _PARSE
+            found = True
+            i = data.find(key, j)
+    return _EMPTY if found else _PARSE
+
+
+def _chunk_text(obj: dict[str, Any]) -> str | None:
+    choices = obj.get("choices")
+    if not choices:
+        return None
+    c = choices[0]
+    delta = c.get("delta")
+    if delta:
+        return delta.get("content") or delta.get("reasoning_content")
+    return c.get("text")
+
+
 class _Runner:
     def __init__(
         self,
@@ -289,6 +327,16 @@ class _Runner:
                     finished = True
                     break
                 now = time.perf_counter()
+                kind = _classify(data)
+                if kind is _CONTENT or kind is _EMPTY:
+                    if kind is _CONTENT:
+                        if rec.ttft_s is None:
+                            rec.ttft_s = now - t0
+                        else:
+                            rec.itl_s.append(now - last)
+                        last = now
+                        rec.content_chunks += 1
+                    continue
                 try:
                     obj = orjson.loads(data)
                 except orjson.JSONDecodeError:
@@ -297,18 +345,13 @@ class _Runner:
                 if "error" in obj:  # vLLM reports mid-stream failures in-band
                     rec.error, rec.error_detail = "stream_error", _error_detail(data)
                     break
-                choices = obj.get("choices")
-                if choices:
-                    c = choices[0]
-                    delta = c.get("delta")
-                    text = (delta.get("content") or delta.get("reasoning_content")) if delta else c.get("text")
-                    if text:
-                        if rec.ttft_s is None:
-                            rec.ttft_s = now - t0
-                        else:
-                            rec.itl_s.append(now - last)
-                        last = now
-                        rec.content_chunks += 1
+                if _chunk_text(obj):
+                    if rec.ttft_s is None:
+                        rec.ttft_s = now - t0
+                    else:
+                        rec.itl_s.append(now - last)
+                    last = now
+                    rec.content_chunks += 1
                 if obj.get("usage"):
                     usage = obj["usage"]
                 if rec.worker is None and "nvext" in obj:

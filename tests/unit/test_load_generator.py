@@ -230,3 +230,15 @@ def test_split_by_session_keeps_sessions_in_one_process():
         for other in parts:
             if other is not p:
                 assert not sessions & {reqs[k].session for k in other if reqs[k].session is not None}
+
+
+def test_chunk_classifier_finds_content_without_parsing_and_parses_what_it_cannot_tell():
+    from harness.load.generator import _CONTENT, _EMPTY, _PARSE, _classify
+
+    assert _classify(b'{"choices":[{"delta":{"role":"assistant","content":""}}]}') is _EMPTY
+    assert _classify(b'{"choices":[{"delta":{"content": "hi"}}]}') is _CONTENT  # json.dumps spacing
+    assert _classify(b'{"choices":[{"delta":{"content":null,"reasoning_content":"x"}}]}') is _CONTENT
+    assert _classify(b'{"choices":[{"text":"x","index":0}]}') is _CONTENT
+    assert _classify(b'{"choices":[],"usage":{"prompt_tokens":3}}') is _PARSE
+    assert _classify(b'{"error":{"message":"boom"}}') is _PARSE
+    assert _classify(b'{"choices":[{"delta":{"content":["odd"]}}]}') is _PARSE
