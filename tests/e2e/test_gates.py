@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,14 @@ def images() -> Iterator[ImageServer]:
         yield server
 
 
-def gate(case_id: str, tmp_path: Path, images: ImageServer) -> GateResult:
+def gate(
+    case_id: str, tmp_path: Path, images: ImageServer, extra_env: dict[str, str] | None = None, worker_args: str = ""
+) -> GateResult:
     case = find_case(load_profiles(default_profile_dir(), backend="sim"), case_id)
-    with launched(case, tmp_path / "logs", extra_env={ENV_MEDIA_HOSTS: images.host_port}) as stack:
+    if worker_args:
+        case = replace(case, extra_script_args=(worker_args,))
+    env = {ENV_MEDIA_HOSTS: images.host_port, **(extra_env or {})}
+    with launched(case, tmp_path / "logs", extra_env=env) as stack:
         return run_gate(stack, images)
 
 
@@ -51,10 +57,42 @@ def test_kv_mm_passes_every_check(tmp_path: Path, images: ImageServer) -> None:
     assert result.hit_rate is not None and result.hit_rate > 0.2
 
 
-def test_kv_text_control_fails_on_the_routing_record(tmp_path: Path, images: ImageServer) -> None:
+def test_kv_text_control_fails_for_what_a_text_only_key_does(tmp_path: Path, images: ImageServer) -> None:
+    """kv_text keys the placeholder run without the image: it claims a different image's blocks as overlap and
+    piles new images behind the same text onto one worker (not, as before, a one-block key split by load)."""
     result = gate("mm_agg_router_kv_text_qwen3-vl-2b", tmp_path, images)
     assert not result.passed
-    assert "router does not claim the new image's blocks" in failed(result)
+    assert {
+        "router does not claim the new image's blocks",
+        "router's claimed overlap does not exceed the worker's cache",
+        "different images spread under load",
+    } <= failed(result)
+    assert "router keys the whole prompt as the workers expand it" not in failed(result)  # placeholders are kept
+
+
+# Injected only into the stack's processes (sitecustomize on their PYTHONPATH): the gate's oracle is untouched.
+PLUS_16 = (
+    "import harness.mm.image_tokens as t\n"
+    "_real = t.qwen_vl_tokens\n"
+    "t.qwen_vl_tokens = lambda *a, **kw: _real(*a, **kw) + 16\n"
+)
+
+
+def test_sixteen_more_qwen_image_tokens_in_the_stack_turn_pre_merge_red(tmp_path: Path, images: ImageServer) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(PLUS_16)
+    result = gate("mm_agg_router_qwen3-vl-2b", tmp_path, images, extra_env={"PYTHONPATH": str(site)})
+    assert not result.passed
+    assert {
+        "stack's image-token count (probe) matches the reference",
+        "stack's render endpoint matches the reference",
+    } <= failed(result)
+
+
+def test_a_cache_without_the_last_token_rule_turns_pre_merge_red(tmp_path: Path, images: ImageServer) -> None:
+    result = gate("mm_agg_router_qwen3-vl-2b", tmp_path, images, worker_args="--degrade no_last_token_rule")
+    assert "repeat hits the image blocks" in failed(result)
 
 
 def test_round_robin_control_fails_on_colocation(tmp_path: Path, images: ImageServer) -> None:

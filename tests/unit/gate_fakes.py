@@ -50,6 +50,10 @@ class Knobs:
     keep_records: bool = True
     startup_line: bool = True
     render_endpoint: bool = True
+    #: Replies carry ``content: null`` (Dynamo's mocker answers token ids no tokenizer decodes).
+    null_content: bool = False
+    #: The workers' URLs answer only ``/metrics`` (Dynamo's mockers' system ports).
+    workers_metrics_only: bool = False
 
 
 class FakeImages:
@@ -154,6 +158,8 @@ class FakeStack:
             i = int(host[1:].split(".")[0])
             if path == "/metrics":
                 return httpx.Response(200, text=self.metrics(i))
+            if self.knobs.workers_metrics_only:
+                return httpx.Response(404, text="not found")
             if path == "/tokenize":
                 prompt = self.render(body)[0]
                 return httpx.Response(200, json={"count": prompt.num_tokens, "tokens": prompt.token_ids})

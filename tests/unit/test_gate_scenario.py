@@ -152,3 +152,25 @@ def test_no_render_endpoint_is_na_with_its_reason(tmp_path: Path) -> None:
     assert result.passed, result.report()
     na = {n["name"]: n["reason"] for n in result.not_applicable}
     assert na["stack's render endpoint matches the reference"] == "the worker has no render endpoint"
+
+
+def test_declared_capabilities_of_a_mocker_engine(tmp_path: Path) -> None:
+    """Dynamo's mockers: no text, no OpenAI API on the workers' URLs. Probes go through the front door, the
+    content checks are n/a with that reason, and nothing fails for what the stack declared it cannot do."""
+    caps = RouterCapabilities(records="harness", startup_line=True, engine_text=False, workers_serve_openai=False)
+    result = run(tmp_path, Knobs(null_content=True, workers_metrics_only=True), caps=caps)
+    assert result.passed, result.report()
+    na = {n["name"]: n["reason"] for n in result.not_applicable}
+    assert na["first: content names green"] == "the engine is declared to answer no text"
+    assert "stack's render endpoint matches the reference" in na
+    probe = next(c for c in result.checks if c.name == "stack's image-token count (probe) matches the reference")
+    assert probe.passed is True  # measured through the front door
+
+
+def test_an_engine_blind_to_images_makes_image_cache_checks_na(tmp_path: Path) -> None:
+    caps = RouterCapabilities(records="harness", startup_line=True, engine_sees_images=False)
+    result = run(tmp_path, caps=caps)
+    na = {n["name"]: n["reason"] for n in result.not_applicable}
+    assert "the engine ignores image content" in na["different image: no cached image blocks"]
+    # The router's own account still judges images.
+    assert verdict(result, "router does not claim the new image's blocks") == "pass"

@@ -33,7 +33,8 @@ def startup_line_check(router_log: str, model: str, block_size: int, declared: b
             STARTUP, False, expected, "absent: the router does not put images in its routing key", "config"
         )
     problems = []
-    if line.model != model:
+    # A router started on a local model directory names the directory: the same model when its last component is.
+    if line.model != model and line.model.rstrip("/").rsplit("/", 1)[-1] != model.rsplit("/", 1)[-1]:
         problems.append(f"model={line.model} (not {model})")
     if line.block_size != block_size:
         problems.append(f"block_size={line.block_size} (not {block_size})")
