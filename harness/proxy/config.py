@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.mm.hashing import DEFAULT_BLOCK_SIZE
 from harness.mm.options import MMOptions, add_mm_arguments, pop_mm_options
+from harness.proxy.degrade import parse_modes
 from harness.proxy.policies import POLICIES
 
 
@@ -57,6 +58,8 @@ class ProxyConfig:
     breaker_failures: int = 3
     breaker_cooldown_s: float = 5.0
     seed: int | None = None
+    #: TEST-ONLY degradations of the routing key (``harness.proxy.degrade``); empty in any real deployment.
+    degrade: frozenset[str] = frozenset()
     log_level: str = "info"
     disable_log_requests: bool = False
 
@@ -189,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="least seconds out of rotation; the first passing health check after it lets the worker back in",
     )
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--degrade", action="append", default=[], help=argparse.SUPPRESS)  # test-only: proxy/degrade.py
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--disable-log-requests", action="store_true")
     return p
@@ -208,4 +212,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
     registry = values.pop("adapter_registry")
     values["adapter_registry"] = _json_object("--adapter-registry", Path(registry).read_text()) if registry else {}
     mm = pop_mm_options(values)
+    try:
+        values["degrade"] = parse_modes(values["degrade"])
+    except ValueError as exc:
+        raise SystemExit(f"--degrade: {exc}") from None
     return ProxyConfig(**values, mm=mm)
