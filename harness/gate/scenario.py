@@ -103,6 +103,9 @@ from harness.stack.processes import tail
 QUESTION = "What colour is this image? Answer in one word."
 SUITE_QUESTION = "Describe these images."
 BURST = 6
+#: Room for the answer of requests whose content is checked; the others generate a few tokens only (the gate is
+#: about prefill and the cache, and every decode step costs time on the pre_merge clock).
+ANSWER_TOKENS = 32
 SUITES = ("pre_merge", "post_merge")
 #: Cache checks whose verdict rests on the engine keying image content: n/a on an engine declared not to
 #: (``engine_sees_images=False``), where only the router's records and placement can judge images.
@@ -225,6 +228,7 @@ class Gate:
         #: The reference model of each worker's cache: (send order, layout) of what the gate sent it.
         self.cache_model: dict[str, list[tuple[int, Layout]]] = {}
         self.routed: list[Reply] = []
+        self.named_by_response = False
         #: Send order of every request (the cache model counts only what was sent before a request).
         self.seq: dict[str, int] = {}
         self._counter = itertools.count()
@@ -292,7 +296,7 @@ class Gate:
         url: str | None = None,
         model: str | None = None,
         extra: dict[str, Any] | None = None,
-        max_tokens: int = 32,
+        max_tokens: int = 4,
         sequential: bool = True,
     ) -> Reply:
         """One request through the front door (or ``url``), attributed by the declared sources, and entered in
@@ -300,7 +304,9 @@ class Gate:
         rid = f"{self.spec.case_id}-{tag}-{uuid.uuid4().hex[:8]}"
         self.seq[rid] = next(self._counter)
         direct = url is not None
-        before = self.scrape() if sequential and not direct and self.attr.per_request_counters else None
+        # Counter deltas only while no per-response source has named a worker (they cost a scrape per request).
+        counters = sequential and not direct and self.attr.per_request_counters and not self.named_by_response
+        before = self.scrape() if counters else None
         body = chat_body(model or self.adapter or self.model, messages, max_tokens, **(extra or {}))
         body.update(self.attr.request_fields())
         t0 = time.perf_counter()
@@ -318,6 +324,8 @@ class Gate:
             status, payload = 0, {"error": {"message": f"{type(exc).__name__}: {exc}"}}
         latency = time.perf_counter() - t0
         served, via = self.attr.from_response(headers, payload)
+        if served is not None and not direct:
+            self.named_by_response = True
         if served is None and direct:
             served, via = "worker0", "direct"
         if served is None and status == 200:
@@ -605,7 +613,7 @@ class Gate:
         inline = self.spec.payload == "base64"
         msgs = self.messages(base, inline, self.pad)
         self.main = self.layout(msgs, base)
-        first = self.send("first", msgs, layout=self.main)
+        first = self.send("first", msgs, layout=self.main, max_tokens=ANSWER_TOKENS)
         if not (self.valid(first) and self.names(first, colours)):
             return False
         self.first = first
@@ -629,7 +637,7 @@ class Gate:
 
         swapped = [*base[:-1], self.image("red")]
         neg_msgs = self.messages(swapped, inline, self.pad)
-        negative = self.send("negative", neg_msgs, layout=self.layout(neg_msgs, swapped))
+        negative = self.send("negative", neg_msgs, layout=self.layout(neg_msgs, swapped), max_tokens=ANSWER_TOKENS)
         if self.valid(negative):
             self.names(negative, [*colours[:-1], "red"])
         limit = self.threshold(
