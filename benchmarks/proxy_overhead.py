@@ -134,9 +134,43 @@ def kinds() -> dict[str, Callable[[int], dict]]:
     small, large = image_body(data_url(solid)), image_body(data_url(photo))
     return {
         "text": lambda i: text,
+        # A new ~500-character text each time: nothing of the user turn is memoized (the template pieces are).
+        "text, 500 chars, new each time": lambda i: body(f"Request {i}. {PROSE}"),
         f"image, solid PNG {len(solid) / 1e3:.1f} KB": lambda i: small,
         f"image, photo-sized PNG {len(photo) / 1e3:.0f} KB": lambda i: large,
     }
+
+
+PROSE = (
+    "Prefix caching keeps the key and value tensors of blocks that earlier requests computed, so a request whose "
+    "prompt starts with the same tokens skips their prefill. A router that knows which worker holds which blocks "
+    "sends each request where most of its prompt is cached; one that guesses wrong costs a full prefill, and with "
+    "images that includes the vision encoder as well as the language model."
+)
+
+
+def generated_tokenizer(directory: Path) -> str:
+    """A byte-level BPE (like Qwen's) with about 8,000 ids, trained here on English prose and code from the standard
+    library's sources, Qwen's special tokens added: a real ``tokenizers`` tokenizer for the cost, with no download
+    (Qwen's has 151,643 ranks; encoding cost grows with text length far more than with vocabulary size)."""
+    import argparse as _argparse
+    import asyncio.base_events as _base_events
+    import json as _json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    corpus = [inspect.getsource(m) for m in (_argparse, _base_events, _json, inspect, statistics)] + [PROSE] * 50
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=8000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                            "<|image_pad|>", "<|video_pad|>"])  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text('{"eos_token": "<|im_end|>"}')
+    return str(directory)
 
 
 def distinct_image(i: int) -> dict:
@@ -484,6 +518,12 @@ def main() -> int:
     )
     ap.add_argument("--no-router", action="store_true", help="leave vllm-router out")
     ap.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer of workers and proxy (directory or tokenizer.json; 'generated': a byte-level BPE built here); "
+        "default: the model's when cached, else the harness stand-in",
+    )
+    ap.add_argument(
         "--proxy-log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -504,14 +544,18 @@ def main() -> int:
     pin = len(allowed) >= 2
     server_cpus, client_cpus = ({allowed[0]}, {allowed[1]}) if pin else (None, None)
     log_dir = Path(tempfile.mkdtemp(prefix="mmharness-proxy-bench-"))
+    tok_args: tuple[str, ...] = ()
+    if args.tokenizer:
+        tok = generated_tokenizer(log_dir / "tokenizer") if args.tokenizer == "generated" else args.tokenizer
+        tok_args = ("--tokenizer", tok)
     with cpus(server_cpus):
-        workers = start_workers(2, MODEL, log_dir, WORKER_ARGS)
+        workers = start_workers(2, MODEL, log_dir, [*WORKER_ARGS, *tok_args])
     try:
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)
         router = None if args.no_router else router_binary()
-        setup = Setup(workers, log_dir, server_cpus, router, ("--log-level", args.proxy_log_level))
-        print(f"proxy overhead: 2 simulated workers, {MODEL}, {' '.join(WORKER_ARGS)}")
+        setup = Setup(workers, log_dir, server_cpus, router, ("--log-level", args.proxy_log_level, *tok_args))
+        print(f"proxy overhead: 2 simulated workers, {MODEL}, {' '.join([*WORKER_ARGS, *tok_args])}")
         if pin:
             print(
                 f"pinned: both workers and the front door under test on CPU {allowed[0]} (worker0 Cpus_allowed_list"

@@ -159,6 +159,8 @@ class HFTokenizer:
         )
         self._memo = _LRU(MEMO_SIZE)
         self._template: Any = None
+        # encode_batch_fast (tokenizers >= 0.21) skips the offsets nobody here reads: ~25% less per call.
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
 
     @property
     def is_standin(self) -> bool:
@@ -183,7 +185,7 @@ class HFTokenizer:
                 missing.append(part)
         if missing:
             unique = list(dict.fromkeys(missing))
-            for part, enc in zip(unique, self.tok.encode_batch(unique, add_special_tokens=False), strict=True):
+            for part, enc in zip(unique, self._encode_batch(unique, add_special_tokens=False), strict=True):
                 self._memo.put(part, tuple(enc.ids))
         for i, part in enumerate(parts):
             if not part:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, KeysView, Sequence
 
 from harness.server.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
@@ -82,19 +82,34 @@ class PredictedIndex:
 
 
 class EventIndex:
+    """Counts per hash: vLLM 0.33 does not de-duplicate stores (two physical blocks may hold one hash and each is
+    stored and later removed on its own, ``BlockPool`` in ``vllm/v1/core/block_pool.py``), so a hash stays cached
+    until as many BlockRemoved as BlockStored have named it."""
+
     def __init__(self) -> None:
-        self.blocks: set[int] = set()
+        self.counts: dict[int, int] = {}
         self.events = 0
 
+    @property
+    def blocks(self) -> KeysView[int]:
+        return self.counts.keys()
+
     def apply(self, events: Iterable[KVEvent]) -> None:
+        counts = self.counts
         for event in events:
             self.events += 1
             if isinstance(event, BlockStored):
-                self.blocks.update(event.block_hashes)
+                for h in event.block_hashes:
+                    counts[h] = counts.get(h, 0) + 1
             elif isinstance(event, BlockRemoved):
-                self.blocks.difference_update(event.block_hashes)
+                for h in event.block_hashes:
+                    left = counts.get(h, 0) - 1
+                    if left > 0:
+                        counts[h] = left
+                    else:
+                        counts.pop(h, None)
             elif isinstance(event, AllBlocksCleared):
-                self.blocks.clear()
+                counts.clear()
 
     def match(self, hashes: Sequence[int]) -> int:
         n = 0

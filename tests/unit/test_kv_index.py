@@ -149,3 +149,16 @@ def test_event_index_applies_stored_removed_cleared() -> None:
     idx.apply([stored(7), BlockRemoved(block_hashes=(7,)), stored(8)])  # applied in order
     assert idx.blocks == {8}
     assert idx.events == 2 + 1 + 1 + 1 + 3
+
+
+def test_event_index_counts_duplicate_stores() -> None:
+    """vLLM 0.33 publishes a BlockStored for each physical block, duplicates of one hash included, and a BlockRemoved
+    for each evicted block (vllm/v1/core/block_pool.py): the first removal must not drop a hash still held."""
+    idx = EventIndex()
+    idx.apply([stored(5), stored(5), stored(6)])
+    idx.apply([BlockRemoved(block_hashes=(5,))])
+    assert idx.match([5, 6]) == 2 and idx.blocks == {5, 6}
+    idx.apply([BlockRemoved(block_hashes=(5,)), BlockRemoved(block_hashes=(5,))])  # an extra removal is harmless
+    assert idx.match([5, 6]) == 0 and idx.blocks == {6}
+    idx.apply([stored(5)])
+    assert idx.match([5, 6]) == 2
