@@ -229,6 +229,8 @@ class Gate:
         self.cache_model: dict[str, list[tuple[int, Layout]]] = {}
         self.routed: list[Reply] = []
         self.named_by_response = False
+        #: Requests sent in bursts: a router may count blocks still being computed by their neighbours.
+        self.concurrent: set[str] = set()
         #: Send order of every request (the cache model counts only what was sent before a request).
         self.seq: dict[str, int] = {}
         self._counter = itertools.count()
@@ -378,6 +380,7 @@ class Gate:
 
         with ThreadPoolExecutor(len(batches)) as pool:
             replies = list(pool.map(one, range(len(batches))))
+        self.concurrent.update(r.request_id for r in replies)
         for reply, layout in zip(replies, layouts, strict=True):
             if reply.status == 200:
                 self.remember(reply, layout)
@@ -945,7 +948,10 @@ class Gate:
         router_block = line.block_size if line else None
         self.add(block_size_agrees(router_block, getattr(self, "worker_blocks", {}), self.caps.startup_line))
         self.add(router_covers_prompt(text, self.routed, router_block or self.block, keeps))
-        self.add(router_claims_match_workers(text, self.routed, router_block or self.block, keeps))
+        # Sequential requests only: within a burst a router rightly predicts blocks its neighbours are still
+        # computing, which vLLM does not share until they are cached.
+        sequential = [r for r in self.routed if r.request_id not in self.concurrent]
+        self.add(router_claims_match_workers(text, sequential, router_block or self.block, keeps))
 
     # 7. metrics and 8. evidence -------------------------------------------------------------------------------
     def step_metrics(self) -> None:
