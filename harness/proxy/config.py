@@ -24,8 +24,10 @@ class ProxyConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     # Cost weights
     overlap_weight: float = 1.0
-    prefill_load_weight: float = 1.0
+    prefill_load_weight: float = 0.5
     running_weight: float = 16.0
+    image_weight: float = 2.0
+    cache_balance: float = 0.1
     # KV index
     #: Per worker. 32k blocks of 16 tokens is ~512k tokens, more than most workers' KV caches hold; the index
     #: costs ~150 bytes a block, so the proxy's memory is bounded at ~5 MiB per worker.
@@ -98,19 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap-weight",
         type=float,
         default=d.overlap_weight,
-        help="cost per prompt token the worker would have to prefill",
+        help="cost per token-equivalent of work the request adds to the worker (prefill, encoder)",
     )
     w.add_argument(
         "--prefill-load-weight",
         type=float,
         default=d.prefill_load_weight,
-        help="cost per prefill token already in flight on the worker",
+        help="cost per token-equivalent of prefill work in flight on the worker (0.5: half a batched step)",
     )
     w.add_argument(
         "--running-weight",
         type=float,
         default=d.running_weight,
         help="cost per running request on the worker, in tokens",
+    )
+    w.add_argument(
+        "--image-weight",
+        type=float,
+        default=d.image_weight,
+        help="extra work per image token of an image the worker has not seen (its vision-encoder pass)",
+    )
+    w.add_argument(
+        "--cache-balance",
+        type=float,
+        default=d.cache_balance,
+        help="fraction of the prompt's tokens charged to the worker caching the most (spreads new content)",
     )
     k = p.add_argument_group("KV index")
     k.add_argument("--index-capacity-blocks", type=int, default=d.index_capacity_blocks)

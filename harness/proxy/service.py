@@ -39,7 +39,7 @@ from harness.proxy.config import ProxyConfig
 from harness.proxy.kv_index import EventIndex, PredictedIndex
 from harness.proxy.lora import AdapterManager
 from harness.proxy.metrics import ProxyMetrics
-from harness.proxy.policies import Candidate, CostWeights, Router
+from harness.proxy.policies import Candidate, CostWeights, ImageSpan, Router, prefill_work
 from harness.proxy.replies import ModelRename, classify, error_message
 from harness.proxy.transport import (
     AiohttpTransport,
@@ -107,6 +107,8 @@ class Sink(Protocol):
 class RoutingKey:
     hashes: list[int]
     prompt_tokens: int
+    #: (offset, length) of each image's placeholders, so the cost can price the vision encoder (kv_mm only).
+    images: tuple[ImageSpan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,9 @@ class Proxy:
         self.metrics = ProxyMetrics()
         self.router = Router(
             cfg.policy,
-            CostWeights(cfg.overlap_weight, cfg.prefill_load_weight, cfg.running_weight),
+            CostWeights(
+                cfg.overlap_weight, cfg.prefill_load_weight, cfg.running_weight, cfg.image_weight, cfg.cache_balance
+            ),
             seed=cfg.seed,
         )
         policy = HealthPolicy(cfg.health_failures, cfg.breaker_failures, cfg.breaker_cooldown_s)
@@ -342,7 +346,7 @@ class Proxy:
         ctx = rendered.key_context(adapter.served_name if adapter else None)
         prompt = rendered.prompt
         hashes = block_hashes(prompt.token_ids, self.cfg.block_size, prompt.mm_items, ctx)
-        return RoutingKey(hashes, prompt.num_tokens)
+        return RoutingKey(hashes, prompt.num_tokens, tuple((it.offset, it.length) for it in prompt.mm_items))
 
     def outgoing_body(self, inbound: Inbound, body: dict[str, Any], adapter: AdapterInfo | None) -> bytes:
         """The client's bytes, unless assets are inlined or the adapter travels under its served name."""
@@ -396,6 +400,7 @@ class Proxy:
             total_blocks=len(hashes),
             block_size=self.cfg.block_size,
             prompt_tokens=key.prompt_tokens if key else 0,
+            images=key.images if key else (),
         )
         return self.workers[pick.index], overlaps[pick.index]
 
@@ -475,7 +480,8 @@ class Proxy:
     async def attempt(self, call: Call, w: WorkerState, overlap: int, sink: Sink) -> Outcome:
         """One worker, one try: load the adapter, forward, classify; the key's reservation settles here."""
         key = call.key
-        prefill = max(key.prompt_tokens - overlap * self.cfg.block_size, 0) if key else 0
+        bs, image_weight = self.cfg.block_size, self.router.weights.image
+        prefill = round(prefill_work(overlap, bs, key.prompt_tokens, key.images, image_weight)) if key else 0
         lease = w.lease(prefill)
         self._running_changed(w)
         committed = False

@@ -17,12 +17,12 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from harness.mm.hashing import NONE_HASH, BlockKeyContext, block_hashes
-from harness.mm.prompt import Prompt
+from harness.mm.prompt import MMItem, Prompt
 from harness.mm.text import STANDIN, TextTokenizer
 from harness.sim.kv_cache import Block, BlockPool
 from harness.sim.timing import TimingModel
@@ -129,6 +129,7 @@ class Engine:
         *,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 8192,
+        encoder_cache_tokens: int | None = None,
         hooks: EngineHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -137,6 +138,14 @@ class Engine:
         self.timing = timing
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        #: Encoder outputs by image hash, least recently used first, in tokens. vLLM's ``EncoderCacheManager``
+        #: (``vllm/v1/core/encoder_cache_manager.py``) keeps a finished request's outputs as "freeable" until the
+        #: space is needed, so a repeated image whose placeholders are not all in cached KV blocks (the block
+        #: holding the image's end also holds the new text after it) skips the vision encoder. Its size defaults
+        #: to the batch token budget (``compute_encoder_budget``), and always holds at least one item.
+        self.encoder_cache_tokens = max_num_batched_tokens if encoder_cache_tokens is None else encoder_cache_tokens
+        self._encoded: OrderedDict[str, int] = OrderedDict()
+        self._encoded_tokens = 0
         self.hooks = hooks or EngineHooks()
         self.clock = clock
         self.waiting: deque[Request] = deque()
@@ -287,8 +296,23 @@ class Engine:
             self.pool.stats.queries += req.prompt_len
             self.pool.stats.hits += cached
             self.hooks.on_scheduled(req)
-        req.image_tokens_to_encode = sum(it.length for it in req.prompt.mm_items if it.offset + it.length > cached)
+        req.image_tokens_to_encode = self._encode(it for it in req.prompt.mm_items if it.offset + it.length > cached)
         return n
+
+    def _encode(self, items: Iterable[MMItem]) -> int:
+        """Image tokens the vision encoder must run for ``items``; those found in the encoder cache cost none."""
+        cost = 0
+        cache = self._encoded
+        for it in items:
+            if it.hash in cache:
+                cache.move_to_end(it.hash)
+                continue
+            cost += it.length
+            cache[it.hash] = it.length
+            self._encoded_tokens += it.length
+            while self._encoded_tokens > self.encoder_cache_tokens and len(cache) > 1:
+                self._encoded_tokens -= cache.popitem(last=False)[1]
+        return cost
 
     def _reserve(self, req: Request, num_tokens: int) -> bool:
         """Grow ``req`` to slots for ``num_tokens`` tokens, preempting the newest running request while the pool

@@ -1,7 +1,8 @@
 """The engine's timing model: how long one scheduler step takes on a simulated GPU.
 
 A step costs a fixed overhead, plus prefill tokens actually computed (cache hits are free), plus image tokens
-encoded (images whose placeholders are already cached need no encoder pass), plus one decode slot per running
+encoded (images whose placeholders are already cached, or whose encoder output the engine's encoder cache still
+holds, need no encoder pass), plus one decode slot per running
 sequence. Durations are divided by ``speedup``; ``speedup == 0`` disables delays entirely, which is how the
 engine gets out of the way of load tests that measure the router.
 

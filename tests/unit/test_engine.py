@@ -243,6 +243,29 @@ def test_different_image_same_text_hits_only_before_the_image() -> None:
     assert admissions[2][:2] == (len(ids) - c.num_cached_tokens, 0)  # the image's blocks are cached
 
 
+def test_repeated_image_skips_the_encoder_while_its_output_is_cached() -> None:
+    """The block holding the image's end also holds new text, so the placeholders are never all in cached KV: a
+    repeat is spared the vision encoder only by the encoder cache, which forgets the least recently used image."""
+    engine = make_engine(encoder_cache_tokens=100)  # room for two 50-token images
+    timing_probe = RecordingTiming(speedup=0)
+    engine.timing = timing_probe
+
+    def req(image: str, tail: int) -> Request:
+        ids = toks(40) + [PAD] * 50 + toks(30, base=tail)  # image at 40..89; block 5 (80..95) mixes image and tail
+        return make_req(ids, mm=[MMItem(hash=image, offset=40, length=50)])
+
+    async def body() -> list[Request]:
+        order = [("a", 3000), ("a", 4000), ("b", 5000), ("c", 6000), ("b", 7000), ("a", 8000)]
+        return [await submit(engine, req(image, tail)) for image, tail in order]
+
+    reqs = run_engine(engine, body)
+    assert reqs[1].num_cached_tokens == 80  # the image's last block is not cached: its encoder output must be
+    encoded = [s[1] for s in timing_probe.steps if s[0] > 0]
+    # a new, a from the encoder cache, b and c new (c evicts a, the least recently used), b cached, a evicted.
+    assert encoded == [50, 0, 50, 50, 0, 50]
+    assert_all_free(engine)
+
+
 def test_image_hash_changes_hits_even_with_image_later_in_prompt() -> None:
     engine = make_engine()
     ids = toks(70) + [PAD] * 20 + toks(10, base=3000)  # image at 70..89, in blocks 4 and 5

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 
-from harness.proxy.policies import KV_POLICIES, POLICIES, Candidate, CostWeights, Router, kv_cost
+from harness.proxy.policies import KV_POLICIES, POLICIES, Candidate, CostWeights, Router, kv_cost, prefill_work
 
 BLOCK = 16
 
@@ -100,9 +101,9 @@ def test_kv_cost_arithmetic() -> None:
     # Overlap beyond the prompt never makes the prefill term negative.
     big = Candidate(0, "a", overlap_blocks=50)
     assert kv_cost(big, block_size=BLOCK, prompt_tokens=100, w=w) == 0.0
-    # Default weights: one token-equivalent per token, 16 per running request.
-    d = Candidate(0, "a", running=1, active_prefill_tokens=7, overlap_blocks=1)
-    assert kv_cost(d, BLOCK, 50, CostWeights()) == (50 - 16) + 7 + 16
+    # Default weights: one token-equivalent per token, half per token in flight, 16 per running request.
+    d = Candidate(0, "a", running=1, active_prefill_tokens=8, overlap_blocks=1)
+    assert kv_cost(d, BLOCK, 50, CostWeights()) == (50 - 16) + 4 + 16
 
 
 @pytest.mark.parametrize("policy", sorted(KV_POLICIES))
@@ -151,8 +152,8 @@ def test_kv_running_requests_outweigh_overlap_past_the_crossover(policy: str) ->
 
 
 def test_kv_equal_cost_prefers_fewer_running() -> None:
-    # One running request (16) costs as much as 16 tokens in flight: equal cost, fewer running wins.
-    cands = [Candidate(0, "busy", running=1), Candidate(1, "prefilling", active_prefill_tokens=16)]
+    # One running request (16) costs as much as 32 tokens in flight (at half weight): equal cost, fewer running wins.
+    cands = [Candidate(0, "busy", running=1), Candidate(1, "prefilling", active_prefill_tokens=32)]
     kw = {"total_blocks": 4, "block_size": BLOCK, "prompt_tokens": 4 * BLOCK}
     assert kv_cost(cands[0], BLOCK, 64, CostWeights()) == kv_cost(cands[1], BLOCK, 64, CostWeights())
     assert picks(Router("kv_mm"), cands, 4, **kw) == [1, 1, 1, 1]
@@ -170,3 +171,81 @@ def test_kv_ties_prefer_fewer_cached_blocks(policy: str) -> None:
     cands = [Candidate(i, f"w{i}", cached_blocks=c) for i, c in enumerate([50, 3, 20])]
     router = Router(policy)
     assert picks(router, cands, 5, total_blocks=4, block_size=BLOCK, prompt_tokens=4 * BLOCK) == [1] * 5
+
+
+# --- the multimodal cost: the encoder, batched prefills, spreading new content ----------------------------------
+
+# The bench's image-reuse prompt (Qwen3-VL, 1024x768): a 40-token system prefix, 768 image placeholders, 43 tokens
+# of per-request text after them; the image's last block also holds new text, so a repeat overlaps 50 blocks.
+PROMPT = 851
+IMAGE = ((40, 768),)
+HIT = 50  # blocks a worker holding the image (and the system prompt) has
+SYSTEM = 2  # blocks of the shared system prompt alone
+
+
+def test_prefill_work_prices_the_encoder_only_for_images_the_worker_has_not_seen() -> None:
+    assert prefill_work(0, BLOCK, PROMPT, IMAGE, 2.0) == PROMPT + 2 * 768
+    assert prefill_work(SYSTEM, BLOCK, PROMPT, IMAGE, 2.0) == PROMPT - 32 + 2 * 768  # the image starts at 40 > 32
+    # The image's start is cached: it was encoded there (its tail is prefilled again, the encoder is not run).
+    assert prefill_work(3, BLOCK, PROMPT, IMAGE, 2.0) == PROMPT - 48
+    assert prefill_work(HIT, BLOCK, PROMPT, IMAGE, 2.0) == PROMPT - HIT * BLOCK
+    assert prefill_work(HIT, BLOCK, PROMPT, IMAGE, 0.0) == prefill_work(HIT, BLOCK, PROMPT, (), 5.0)
+    # Two images, the first cached: only the second is encoded; an overlap beyond the prompt is the prompt.
+    assert prefill_work(10, BLOCK, 400, ((20, 100), (200, 100)), 3.0) == (400 - 160) + 3 * 100
+    assert prefill_work(99, BLOCK, 400, ((20, 100), (200, 100)), 3.0) == 0
+
+
+def _choose(cands: list[Candidate], weights: CostWeights | None = None) -> str:
+    return Router("kv_mm", weights).choose(cands, block_size=BLOCK, prompt_tokens=PROMPT, images=IMAGE).name
+
+
+def test_repeat_stays_on_the_holder_while_it_prefills_another_image() -> None:
+    """The holder is prefilling one new image (its whole work in flight) with two requests running; an idle
+    worker has nothing. Batched, the repeat waits for the rest of that step: it stays. At the old full weight of
+    in-flight work it was sent away, re-encoding and re-prefilling the image elsewhere."""
+    miss = round(prefill_work(SYSTEM, BLOCK, PROMPT, IMAGE, 2.0))
+    holder = Candidate(0, "holder", running=2, active_prefill_tokens=miss, overlap_blocks=HIT, cached_blocks=600)
+    idle = Candidate(1, "idle", overlap_blocks=SYSTEM, cached_blocks=600)
+    for order in ([holder, idle], [idle, holder]):
+        assert _choose(order) == "holder"
+    # The old weights (in-flight tokens at full weight, images priced as text, no balance term) sent it away.
+    old = CostWeights(prefill_load=1.0, image=0.0, cache_balance=0.0)
+    raw = round(prefill_work(SYSTEM, BLOCK, PROMPT, IMAGE, 0.0))
+    assert _choose([dataclasses.replace(holder, active_prefill_tokens=raw), idle], old) == "idle"
+
+
+def test_repeat_leaves_a_holder_with_a_deep_queue() -> None:
+    """Three new images queued on the holder outweigh one image's prefill elsewhere: load still counts."""
+    miss = round(prefill_work(SYSTEM, BLOCK, PROMPT, IMAGE, 2.0))
+    holder = Candidate(0, "holder", running=3, active_prefill_tokens=3 * miss, overlap_blocks=HIT)
+    idle = Candidate(1, "idle", overlap_blocks=SYSTEM)
+    assert _choose([holder, idle]) == "idle"
+
+
+def test_new_image_goes_to_the_worker_not_prefilling() -> None:
+    miss = round(prefill_work(SYSTEM, BLOCK, PROMPT, IMAGE, 2.0))
+    busy = Candidate(0, "busy", running=1, active_prefill_tokens=miss, overlap_blocks=SYSTEM)
+    free = Candidate(1, "free", running=1, overlap_blocks=SYSTEM)
+    assert _choose([busy, free]) == "free"
+    assert _choose([free, busy]) == "free"
+
+
+def test_new_images_do_not_pile_onto_the_system_prompt_holder() -> None:
+    """Idle fleet (concurrency 1): only w0 caches the system prompt, plus some images. A new image saves 32
+    tokens there, less than the balance term, so it goes to the worker caching least; a repeat (50 blocks)
+    still goes to its holder however full it is."""
+    full = Candidate(0, "full", overlap_blocks=SYSTEM, cached_blocks=900)
+    empty = Candidate(1, "empty", overlap_blocks=0, cached_blocks=0)
+    half = Candidate(2, "half", overlap_blocks=0, cached_blocks=450)
+    assert _choose([full, empty, half]) == "empty"
+    assert _choose([full, empty, half], CostWeights(cache_balance=0.0)) == "full"  # without the term: piles
+    holder = Candidate(0, "full", overlap_blocks=HIT, cached_blocks=900)
+    assert _choose([holder, empty, half]) == "full"
+
+
+def test_kv_cost_balance_term_is_pro_rata_to_the_fullest_candidate() -> None:
+    w = CostWeights(cache_balance=0.1)
+    c = Candidate(0, "a", cached_blocks=50)
+    assert kv_cost(c, BLOCK, 200, w, max_cached_blocks=100) == 200 + 0.1 * 200 * 0.5
+    assert kv_cost(c, BLOCK, 200, w, max_cached_blocks=0) == 200  # nothing cached anywhere: no term
+    assert kv_cost(c, BLOCK, 200, w, (), 50) - kv_cost(c, BLOCK, 200, w, (), 0) == pytest.approx(20.0)

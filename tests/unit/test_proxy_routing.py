@@ -45,6 +45,37 @@ def test_kv_mm_key_carries_the_image() -> None:
     run(main)
 
 
+def test_kv_mm_key_locates_the_images_and_in_flight_work_prices_their_encoder() -> None:
+    """The key names each image's placeholder run; a request in flight charges its worker the prompt plus the
+    vision encoder of an image that worker had not seen (``policies.prefill_work``); kv_text's image-blind key
+    names no image, so it prices images as text."""
+
+    async def main() -> None:
+        fleet = Fleet(1)
+        gate = asyncio.Event()
+
+        async def slow(req: TransportRequest) -> FakeResponse:
+            await gate.wait()
+            return fleet[0].answer({})
+
+        fleet[0].script.append(slow)
+        proxy = make_proxy(fleet, "kv_mm", image_weight=3.0)
+        key = await proxy.routing_key(body_with(GREEN), True, None)
+        ((offset, length),) = key.images
+        assert length > 4 and 0 < offset < offset + length < key.prompt_tokens
+        assert (await make_proxy(Fleet(1), "kv_text").routing_key(body_with(GREEN), True, None)).images == ()
+        async with running(proxy):
+            task = asyncio.create_task(send(proxy, body_with(GREEN), rid="w1"))
+            while not fleet[0].generated:
+                await asyncio.sleep(0)
+            assert proxy.workers[0].active_prefill_tokens == key.prompt_tokens + 3 * length
+            gate.set()
+            await task
+        assert proxy.workers[0].active_prefill_tokens == 0
+
+    run(main)
+
+
 def test_kv_text_key_is_blind_to_image_content() -> None:
     async def main() -> None:
         text = make_proxy(Fleet(2), "kv_text")
