@@ -103,7 +103,8 @@ def gate_once(row: Row, images: ImageServer, tmp: Path, suite: str) -> GateResul
         adapters = tmp / f"adapters-{row.name}-{suite}"
         make_lora_adapter(adapters, DEFAULT_ADAPTER, MODEL.model)
         extra["HARNESS_ADAPTER_DIR"] = str(adapters)
-    with launched(case_for(row), tmp / "logs", extra_env=extra) as stack:
+    # One log directory per boot: a relaunch of the same case id must not read the last boot's launch log.
+    with launched(case_for(row), tmp / f"logs-{row.name}-{suite}", extra_env=extra) as stack:
         return run_gate(stack, images, suite=suite)
 
 
