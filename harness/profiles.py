@@ -160,8 +160,7 @@ class Case:
         if t.backend != "sim":
             names.append(f"gpu_{self.model.gpus}")
         names.extend(self.marks)
-        seen: set[str] = set()
-        return [n for n in names if not (n in seen or seen.add(n))]
+        return list(dict.fromkeys(names))  # first occurrence wins, order kept
 
 
 def vram_deselect_reason(case: Case, max_vram_gib: float | None) -> str | None:

@@ -138,7 +138,9 @@ def test_repeated_data_url_skips_the_decode(geometry: ImageGeometry, monkeypatch
     assert loads == [url]
 
 
-def test_repeated_mmfile_ref_is_not_read_again(geometry: ImageGeometry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repeated_mmfile_ref_is_not_read_again(
+    geometry: ImageGeometry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assets = AssetStore(tmp_path / "assets")
     ref = assets.put(RED)
     r, _ = make(geometry, assets)
