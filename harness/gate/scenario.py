@@ -235,6 +235,7 @@ class Gate:
         self.seq: dict[str, int] = {}
         self._counter = itertools.count()
         self.pad = 0
+        self.suite_size = (512, 512)
         self._step_suite = "pre_merge"
 
     # -- plumbing ---------------------------------------------------------------------------------------------
@@ -253,9 +254,14 @@ class Gate:
     def rgb(seed: int) -> tuple[int, int, int]:
         return (31 * seed % 256, 7 + 53 * seed % 240, 11 * seed % 250)
 
-    def fresh(self, n: int, seed: int) -> list[TestImage]:
+    def fresh(self, n: int, seed: int, size: tuple[int, int] = (512, 512)) -> list[TestImage]:
         """``n`` new images no earlier step sent (distinct colours, so distinct bytes)."""
-        return [self.image(self.rgb(seed + i)) for i in range(n)]
+        return [self.image(self.rgb(seed + i), size) for i in range(n)]
+
+    def suite_images(self, n: int, seed: int) -> list[TestImage]:
+        """Images for the suite's multi-image steps, small enough that three fit the model's context (LLaVA-NeXT
+        spends ~2,900 tokens on one 512x512 image)."""
+        return self.fresh(n, seed, self.suite_size)
 
     def ref_images(self, imgs: Sequence[TestImage]) -> list[RefImage]:
         return [RefImage(mm_hash(self.model, im.data), im.size) for im in imgs]
@@ -550,6 +556,16 @@ class Gate:
         if without.status != 200 or with_img.status != 200:
             return self.valid(with_img if with_img.status != 200 else without)
 
+        for side in (512, 384, 256, 128):
+            self.suite_size = (side, side)
+            if 3 * ref.image_tokens(self.suite_size) + 256 <= self.spec.max_model_len:
+                break
+        self.threshold(
+            Threshold(
+                "suite_image_side", self.suite_size[0], "reference", "largest side whose three images fit max_model_len"
+            )
+        )
+
         # Align the gate's main prompt to a whole number of blocks, so a full repeat shows the last-token rule.
         base = self.base_images()
         plain = self.messages(base, False)
@@ -701,7 +717,7 @@ class Gate:
     # 4. Dynamo's multimodal router suite --------------------------------------------------------------------
     def step_staircase(self) -> None:
         """1, 2, 3 identical images: each added image adds the same number of cached blocks."""
-        (x,) = self.fresh(1, seed=20)
+        (x,) = self.suite_images(1, seed=20)
         replies, expected = [], []
         for k in (1, 2, 3):
             msgs = self.suite_messages([x] * k)
@@ -722,7 +738,7 @@ class Gate:
         different prompt (a hit through the images, post_merge), and only the second image changed (the cache
         stops at the second image)."""
         assert self.ref is not None
-        y, z, w = self.fresh(3, seed=40)
+        y, z, w = self.suite_images(3, seed=40)
         keeps = bool(self.caps.records)
         msgs = self.suite_messages([y, z])
         r1 = self.send("order", msgs, layout=self.layout(msgs, [y, z]))
@@ -788,7 +804,7 @@ class Gate:
         """vLLM uses a content part's ``uuid`` verbatim as the image's hash: the same uuid hits even with other
         bytes, another uuid misses even with the same bytes."""
         assert self.ref is not None
-        y, v = self.fresh(2, seed=60)
+        y, v = self.suite_images(2, seed=60)
         tag = uuid.uuid4().hex[:12]
         first = self.suite_messages([y], uuids=[f"gate-{tag}"])
         r1 = self.send("uuid", first, layout=self.layout(first, [y]))
@@ -814,7 +830,7 @@ class Gate:
 
     def step_cache_salt(self) -> None:
         """``cache_salt`` is keyed into the first block: the same salt hits, another salt shares nothing."""
-        (y,) = self.fresh(1, seed=80)
+        (y,) = self.suite_images(1, seed=80)
         salt = f"gate-salt-{uuid.uuid4().hex[:8]}"
         msgs = self.suite_messages([y])
         r1 = self.send("salt", msgs, layout=self.layout(msgs, [y], salt=salt), extra={"cache_salt": salt})
@@ -840,8 +856,8 @@ class Gate:
     def step_resolution(self) -> None:
         """The same picture at another resolution has other bytes: a miss past the text before it."""
         assert self.ref is not None
-        (y,) = self.fresh(1, seed=90)
-        small = self.image(self.rgb(90), size=(256, 256))
+        (y,) = self.suite_images(1, seed=90)
+        small = self.image(self.rgb(90), size=(self.suite_size[0] // 2, self.suite_size[1] // 2))
         msgs = self.suite_messages([y])
         r1 = self.send("resolution", msgs, layout=self.layout(msgs, [y]))
         if not self.valid(r1):
