@@ -15,6 +15,7 @@ reject it (``benchmarks/degradation_matrix.py``); none belongs in front of users
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -52,18 +53,23 @@ def install(worker: SimWorker, modes: frozenset[str]) -> None:
         async def by_size(part: ImagePart) -> ResolvedImage:
             resolved = await resolve(part)
             facts = resolved.facts
-            return ResolvedImage(part.uuid or f"size:{facts.width}x{facts.height}", facts)
+            return dataclasses.replace(resolved, hash=part.uuid or f"size:{facts.width}x{facts.height}")
 
         worker.images.resolve = by_size  # type: ignore[method-assign]
-    if modes & {"misreport_cached", "no_last_token_rule"}:
+    if "misreport_cached" in modes:
         finished = worker.metrics.on_finished
 
         def report(req: Request, now: float) -> None:
             finished(req, now)  # the counters see the real hits first
-            if "misreport_cached" in modes:
-                req.num_cached_tokens = req.prompt_len // block * block
-            elif req.num_cached_tokens >= 0:
-                hit = len(pool.longest_cached_prefix(req.block_hashes, len(req.block_hashes)))
-                req.num_cached_tokens = max(req.num_cached_tokens, hit * block)
+            req.num_cached_tokens = req.prompt_len // block * block
 
         worker.metrics.on_finished = report  # type: ignore[method-assign]
+    if "no_last_token_rule" in modes:
+        scheduled = worker.metrics.on_scheduled
+
+        def uncapped(req: Request) -> None:
+            scheduled(req)  # at first scheduling: the request's own blocks are not cached yet
+            hit = len(pool.longest_cached_prefix(req.block_hashes, len(req.block_hashes)))
+            req.num_cached_tokens = max(req.num_cached_tokens, hit * block)
+
+        worker.metrics.on_scheduled = uncapped  # type: ignore[method-assign]
