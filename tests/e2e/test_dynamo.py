@@ -138,12 +138,6 @@ def test_dynamo_records_attribution_and_overlap(
         assert recs[repeat].overlap_blocks == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gate cannot judge a mocker stack yet (gate issue 8): it probes worker 0 with chat requests and "
-    "needs text replies, where the profile declares workers_serve_openai=False (mocker system ports serve /metrics "
-    "only: 404) and engine_text=False (random token ids: content null); it breaks on health before any verdict",
-)
 @pytest.mark.parametrize("mode", MODES)
 def test_gate_rejects_dynamo_on_routing(mode: str, dynamo_python: str, images: ImageServer, tmp_path: Path) -> None:
     """The profile declares both modes controls; the gate must reject each on a routing check, not break on it."""
