@@ -31,10 +31,11 @@ class WorkerConfig:
     enable_prompt_tokens_details: bool = False
     # Timing
     speedup: float = 1.0
-    step_overhead_ms: float = 3.0
-    prefill_token_us: float = 40.0
-    image_token_us: float = 80.0
-    decode_seq_us: float = 200.0
+    #: None: the model's own default (``harness.sim.timing.model_costs``).
+    step_overhead_ms: float | None = None
+    prefill_token_us: float | None = None
+    image_token_us: float | None = None
+    decode_seq_us: float | None = None
     startup_delay: float = 0.0
     mm: MMOptions = field(default_factory=MMOptions)
     kv_events_config: dict[str, Any] = field(default_factory=dict)
@@ -114,10 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enforce-eager", action="store_true", help="accepted for vLLM parity")
     t = p.add_argument_group("timing model")
     t.add_argument("--speedup", type=float, default=d.speedup, help="divide every delay; 0 disables delays")
-    t.add_argument("--step-overhead-ms", type=float, default=d.step_overhead_ms)
-    t.add_argument("--prefill-token-us", type=float, default=d.prefill_token_us)
-    t.add_argument("--image-token-us", type=float, default=d.image_token_us)
-    t.add_argument("--decode-seq-us", type=float, default=d.decode_seq_us)
+    per_model = "default: the model's own, from its size (harness.sim.timing)"
+    t.add_argument("--step-overhead-ms", type=float, default=None, help=per_model)
+    t.add_argument("--prefill-token-us", type=float, default=None, help=per_model)
+    t.add_argument("--image-token-us", type=float, default=None, help=per_model)
+    t.add_argument("--decode-seq-us", type=float, default=None, help=per_model)
     t.add_argument("--startup-delay", type=float, default=d.startup_delay, help="seconds of simulated start-up")
     add_mm_arguments(p)
     lo = p.add_argument_group("LoRA")

@@ -33,7 +33,7 @@ from harness.sim.lora import LoraRegistry
 from harness.sim.metrics import EngineMetrics
 from harness.sim.model_specs import ModelSpec, model_spec
 from harness.sim.params import SamplingFields, sampling_fields
-from harness.sim.timing import TimingModel
+from harness.sim.timing import TimingModel, model_costs
 
 log = logging.getLogger("harness.sim.worker")
 
@@ -81,6 +81,22 @@ def kv_cache_plan(cfg: WorkerConfig, spec: ModelSpec) -> tuple[int, int]:
     return num_blocks, kv_bytes
 
 
+def worker_timing(cfg: WorkerConfig, spec: ModelSpec) -> TimingModel:
+    """The model's default step costs, each overridden by its flag when one is given."""
+    d = model_costs(spec)
+
+    def pick(flag: float | None, scale: float, default: float) -> float:
+        return flag / scale if flag is not None else default
+
+    return TimingModel(
+        step_overhead_s=pick(cfg.step_overhead_ms, 1e3, d.step_overhead_s),
+        prefill_token_s=pick(cfg.prefill_token_us, 1e6, d.prefill_token_s),
+        image_token_s=pick(cfg.image_token_us, 1e6, d.image_token_s),
+        decode_seq_s=pick(cfg.decode_seq_us, 1e6, d.decode_seq_s),
+        speedup=cfg.speedup,
+    )
+
+
 class SimWorker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
@@ -107,13 +123,7 @@ class SimWorker:
         self.pool = BlockPool(self.num_blocks, cfg.block_size, self.publisher.add if self.publisher else None)
         if self.publisher is not None:
             self.metrics.step_end_callbacks.append(self.publisher.flush)
-        self.timing = TimingModel(
-            step_overhead_s=cfg.step_overhead_ms / 1e3,
-            prefill_token_s=cfg.prefill_token_us / 1e6,
-            image_token_s=cfg.image_token_us / 1e6,
-            decode_seq_s=cfg.decode_seq_us / 1e6,
-            speedup=cfg.speedup,
-        )
+        self.timing = worker_timing(cfg, self.spec)
         self.engine = Engine(
             self.pool,
             self.timing,

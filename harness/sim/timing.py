@@ -28,6 +28,10 @@ decode_seq_s       200 us    one more sequence in a decode batch adds its KV rea
                              plus attention and sampling overheads; 200 us is deliberately pessimistic.
 =================  ========  ===============================================================================
 
+Per model. The table's arithmetic is applied to each model's own size (``model_costs``: its weight bytes and its
+KV bytes per token from ``harness.sim.model_specs``), so a 2 B model steps faster than a 7 B one; for
+Qwen2.5-VL-3B it gives the values above. FP8 checkpoints count one byte per parameter and twice the bf16 peak.
+
 These numbers set simulated latencies only; no gate threshold is derived from them (thresholds come from the
 scenario, never from the system under test). Override per run with ``--step-overhead-ms``, ``--prefill-token-us``,
 ``--image-token-us``, ``--decode-seq-us``; for figures that must match a GPU, measure ``vllm bench serve`` on it.
@@ -36,6 +40,46 @@ scenario, never from the system under test). Override per run with ``--step-over
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from harness.sim.model_specs import ModelSpec
+
+#: H100 SXM datasheet peaks (H200 has the same compute; its 4.8 TB/s would only shorten memory-bound terms).
+HBM_BYTES_PER_S = 3.35e12
+BF16_FLOPS = 989e12
+#: Achieved fractions assumed for short batches (see the table above).
+ACHIEVED_BANDWIDTH = 0.7
+PREFILL_MFU = 0.2
+#: Per-sequence decode overheads besides its KV read (attention launch, sampling, detokenizing).
+DECODE_SEQ_OVERHEAD_S = 170e-6
+#: Context assumed for a decoding sequence's KV read.
+DECODE_CONTEXT_TOKENS = 2048
+#: Scheduler and sampling floor of a step, however small the model.
+MIN_STEP_OVERHEAD_S = 1e-3
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """The four per-step costs of a model, in seconds, before ``speedup``."""
+
+    step_overhead_s: float
+    prefill_token_s: float
+    image_token_s: float
+    decode_seq_s: float
+
+
+def model_costs(spec: ModelSpec) -> StepCosts:
+    """The default costs of ``spec``'s model on one H100, from its size (the derivation in the module doc)."""
+    fp8 = "fp8" in spec.model.lower()
+    params = spec.weights_bytes / (1 if fp8 else 2)
+    flops = BF16_FLOPS * (2 if fp8 else 1)
+    bandwidth = HBM_BYTES_PER_S * ACHIEVED_BANDWIDTH
+    prefill = 2 * params / (flops * PREFILL_MFU)
+    return StepCosts(
+        step_overhead_s=max(MIN_STEP_OVERHEAD_S, spec.weights_bytes / bandwidth),
+        prefill_token_s=prefill,
+        image_token_s=2 * prefill,
+        decode_seq_s=DECODE_SEQ_OVERHEAD_S + spec.kv_bytes_per_token * DECODE_CONTEXT_TOKENS / bandwidth,
+    )
 
 
 @dataclass(frozen=True)
