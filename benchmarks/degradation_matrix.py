@@ -51,6 +51,8 @@ class Row:
     router_args: str = ""
     worker_args: str = ""
     lora: bool = False
+    #: Workers publish KV events and the proxy consumes them (the gate's eviction step runs).
+    kv_events: bool = False
 
 
 ROWS = (
@@ -61,7 +63,8 @@ ROWS = (
         router_args="--degrade no_offset"),
     Row("truncated_hash", "router", "image hash over the first 32 bytes (collisions)",
         router_args="--degrade truncated_hash"),
-    Row("never_forgets", "router", "predicted index never expires or evicts", router_args="--degrade never_forgets"),
+    Row("never_forgets", "router", "index never expires or evicts, ignores KV-event removals and clears",
+        router_args="--degrade never_forgets", kv_events=True),
     Row("no_lora", "router", "LoRA adapter left out of the key", router_args="--degrade no_lora", lora=True),
     Row("geometry", "router", "router counts image tokens at defaults, workers at max_pixels 200704",
         router_args=f"{SMALL_PIXELS} --degrade geometry", worker_args=SMALL_PIXELS),
@@ -75,7 +78,8 @@ ROWS = (
     Row("no_last_token_rule", "worker", "last prompt token served from the cache",
         worker_args="--degrade no_last_token_rule"),
 )
-HEALTHY = (Row("healthy", "-", "kv_mm, no degradation"), Row("healthy_lora", "-", "kv_mm + LoRA", lora=True))
+HEALTHY = (Row("healthy", "-", "kv_mm, no degradation"), Row("healthy_lora", "-", "kv_mm + LoRA", lora=True),
+           Row("healthy_kv_events", "-", "kv_mm, index fed by the workers' KV events", kv_events=True))
 #: Healthy rows run the whole gate; a degraded row first the pre_merge steps, then (if they pass it) all of them.
 
 
@@ -91,7 +95,7 @@ class Outcome:
 
 
 def case_for(row: Row) -> Case:
-    topo = replace(LORA if row.lora else BASE, name=f"matrix_{row.name}", policy=row.policy,
+    topo = replace(LORA if row.lora else BASE, name=f"matrix_{row.name}", policy=row.policy, kv_events=row.kv_events,
                    env={"HARNESS_EXTRA_ROUTER_ARGS": row.router_args} if row.router_args else {})
     return Case(MODEL, topo, payload="lora" if row.lora else "image_url",
                 extra_script_args=(row.worker_args,) if row.worker_args else ())

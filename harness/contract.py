@@ -44,6 +44,8 @@ ENV_EXTRA_WORKER_ARGS = "HARNESS_EXTRA_WORKER_ARGS"
 ENV_MM_FAMILY = "HARNESS_MM_FAMILY"
 ENV_ADAPTER_DIR = "HARNESS_ADAPTER_DIR"
 ENV_LIB_SH = "HARNESS_LIB_SH"
+#: ``1``: the workers publish KV-cache events (vLLM's ``--kv-events-config``, ZMQ) and the router consumes them.
+ENV_KV_EVENTS = "HARNESS_KV_EVENTS"
 #: An attached stack (``url.sh``, ``harness run --url``): its front door, its workers, the router's log file.
 ENV_URL = "HARNESS_URL"
 ENV_URL_WORKERS = "HARNESS_URL_WORKERS"

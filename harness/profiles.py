@@ -57,6 +57,10 @@ class RouterCapabilities:
     #: Whether the workers' own URLs serve the OpenAI API, for probes sent straight to a worker (Dynamo's mockers
     #: serve ``/metrics`` on their system port only; requests reach them through the frontend).
     workers_serve_openai: bool = True
+    #: Whether the router's index is fed by the workers' KV-cache events (BlockStored / BlockRemoved /
+    #: AllBlocksCleared), so it can see a worker evict. A router that only predicts from its own decisions cannot,
+    #: and the eviction check is n/a for it.
+    kv_events: bool = False
 
 
 #: Capabilities of the routers the built-in launch scripts start.
@@ -97,6 +101,9 @@ class Topology:
     expect: Expect = "pass"
     #: What the router lets the gate observe; None takes the built-in router's (an unknown router must declare).
     capabilities: RouterCapabilities | None = None
+    #: Workers publish KV-cache events and the router consumes them (built-in scripts: ``HARNESS_KV_EVENTS=1``).
+    #: The built-in proxy's capabilities then say ``kv_events``; a declared router must say so itself.
+    kv_events: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -117,7 +124,11 @@ class Topology:
 
     @property
     def router_capabilities(self) -> RouterCapabilities:
-        return self.capabilities or BUILTIN_CAPABILITIES[self.router]
+        if self.capabilities is not None:
+            return self.capabilities
+        caps = BUILTIN_CAPABILITIES[self.router]
+        # Of the built-in routers only the proxy consumes KV events (``--kv-events``).
+        return replace(caps, kv_events=True) if self.kv_events and self.router == "proxy" else caps
 
 
 @dataclass(frozen=True)

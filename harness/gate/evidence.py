@@ -36,6 +36,8 @@ def required_checks(
         need |= {rt.SPARES_NEW_IMAGE, rt.COVERS_PROMPT, rt.CLAIMS_MATCH}
     if has_router and caps.startup_line:
         need |= {rt.STARTUP, rt.BLOCK_SIZE}
+    if has_router and caps.records and caps.kv_events and caps.workers_serve_openai:
+        need.add(rt.FORGETS)  # the eviction is made by POST /reset_prefix_cache on the workers' own URLs
     return need
 
 

@@ -17,6 +17,8 @@ Steps, in order (each a method of ``Gate``; the suite that runs it in brackets):
    the same picture at another resolution [post_merge]; the ``uuid`` content-part field; ``cache_salt``.
 5. **LoRA** [post_merge, LoRA payload]: base model versus adapter isolation; an adapter replaced under the same
    name with new weights (vLLM keys blocks by adapter name only, so the old blocks are served: the gate shows it).
+   **eviction** [pre_merge, event-fed routers]: every worker clears its prefix cache, the main prompt is repeated,
+   and the router must not claim the blocks the workers dropped.
 6. **router** [pre_merge]: the start-up line (model and block size); router and workers agree on the block size;
    each record keys the whole prompt as the worker counted it and claims no more than the worker had cached.
 7. **metrics** [pre_merge]: the workers' prefix-cache counters equal what the responses reported.
@@ -62,8 +64,10 @@ from harness.gate.checks.replies import (
     valid_reply,
 )
 from harness.gate.checks.routing import (
+    FORGETS,
     block_size_agrees,
     record_claims_at_most,
+    record_forgets_evicted,
     record_spares_new_image,
     router_claims_match_workers,
     router_covers_prompt,
@@ -107,6 +111,10 @@ BURST = 6
 #: about prefill and the cache, and every decode step costs time on the pre_merge clock).
 ANSWER_TOKENS = 32
 SUITES = ("pre_merge", "post_merge")
+#: Seconds to wait after each clear before the eviction step's repeat, per try: KV events travel asynchronously
+#: (ZMQ), so a claim that outlives a clear is tried again after a fresh clear and a longer wait. A router that
+#: never forgets claims the blocks every time; a healthy one has heard the clear long before the last try.
+EVICTION_WAITS_S = (0.0, 0.2, 1.0)
 #: Cache checks whose verdict rests on the engine keying image content: n/a on an engine declared not to
 #: (``engine_sees_images=False``), where only the router's records and placement can judge images.
 IMAGE_CONTENT_CHECKS = frozenset(
@@ -231,6 +239,8 @@ class Gate:
         self.named_by_response = False
         #: Requests sent in bursts: a router may count blocks still being computed by their neighbours.
         self.concurrent: set[str] = set()
+        #: Eviction-step requests sent before the router could have heard the clear (tried again after a wait).
+        self.superseded: set[str] = set()
         #: Send order of every request (the cache model counts only what was sent before a request).
         self.seq: dict[str, int] = {}
         self._counter = itertools.count()
@@ -478,6 +488,7 @@ class Gate:
             ("pre_merge", self.step_cache_salt),
             ("post_merge", self.step_resolution),
             ("post_merge", self.step_lora),
+            ("pre_merge", self.step_eviction),
             ("pre_merge", self.step_router),
         ]
         self.before = self.scrape()
@@ -942,6 +953,64 @@ class Gate:
                 "adapter name only, vllm#42125)"
             )
 
+    # 5b. eviction --------------------------------------------------------------------------------------------
+    def step_eviction(self) -> None:
+        """Every worker clears its prefix cache (``POST /reset_prefix_cache``, which vLLM serves in dev mode and
+        which publishes AllBlocksCleared), then the main prompt is repeated: an event-fed router may claim only
+        what the chosen worker then served from its cache. Last of the cache steps: the reference cache model is
+        emptied with the workers' caches."""
+        if not self.spec.has_router or not hasattr(self, "first"):
+            return
+        keeps, fed = bool(self.caps.records), self.caps.kv_events
+        if not (keeps and fed):
+            na = record_forgets_evicted("", self.first, self.block, keeps, fed)  # n/a, with the reason
+            na.request_id = None  # about the router, not about a request
+            self.add(na)
+            return
+        if not self.caps.workers_serve_openai:
+            why = "the workers' URLs serve no API to clear their caches with (declared)"
+            self.add(not_applicable(FORGETS, why))
+            return
+        msgs = self.messages(self.base_images(), self.spec.payload == "base64", self.pad)
+        check: CheckResult | None = None
+        for attempt, wait_s in enumerate(EVICTION_WAITS_S, 1):
+            refused = [url for url in self.stack.worker_urls if not self.clear_cache(url)]
+            if refused:
+                why = (
+                    f"POST /reset_prefix_cache refused by {', '.join(refused)} (vLLM serves it with "
+                    "VLLM_SERVER_DEV_MODE=1, and refuses while requests run)"
+                )
+                self.add(not_applicable(FORGETS, why))
+                return
+            self.cache_model.clear()  # every worker's cache is empty now
+            time.sleep(wait_s)
+            reply = self.send(f"evicted{attempt}", msgs, layout=self.main)
+            if not self.valid(reply):
+                return
+            check = record_forgets_evicted(self.router_text(), reply, self.block, keeps, fed)
+            if check.passed is not False:
+                break
+            if attempt < len(EVICTION_WAITS_S):
+                self.superseded.add(reply.request_id)
+        assert check is not None
+        check.actual += f" (try {attempt} of {len(EVICTION_WAITS_S)})"
+        self.add(check)
+
+    def clear_cache(self, worker_url: str) -> bool:
+        """``POST /reset_prefix_cache`` on one worker: vLLM answers 200 with no body, the simulated engine
+        ``{"success": bool}`` (False while a block is in use, as vLLM's ``reset_prefix_cache`` refuses)."""
+        try:
+            r = self.client.post(f"{worker_url}/reset_prefix_cache", timeout=30)
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200:
+            return False
+        try:
+            body = r.json()
+        except ValueError:
+            return True
+        return not (isinstance(body, dict) and body.get("success") is False)
+
     def adapter_loaded(self, first: Reply) -> CheckResult:
         loaded = any(cl.adapter == self.adapter for cl in parse_lora_cold_loads(self.router_text()))
         return CheckResult(
@@ -966,7 +1035,8 @@ class Gate:
         self.add(router_covers_prompt(text, self.routed, router_block or self.block, keeps))
         # Sequential requests only: within a burst a router rightly predicts blocks its neighbours are still
         # computing, which vLLM does not share until they are cached.
-        sequential = [r for r in self.routed if r.request_id not in self.concurrent]
+        # Nor eviction-step tries sent before the router could hear the clear (the last try is judged).
+        sequential = [r for r in self.routed if r.request_id not in self.concurrent | self.superseded]
         self.add(router_claims_match_workers(text, sequential, router_block or self.block, keeps))
 
     # 7. metrics and 8. evidence -------------------------------------------------------------------------------

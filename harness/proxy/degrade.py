@@ -11,7 +11,8 @@ Each reproduces one way a real router gets multimodal routing wrong, so the gate
 - ``no_offset``: the router does not know where images sit, so every image's key goes on the first block.
 - ``truncated_hash``: the image hash covers only the first 32 bytes of the file (the PNG signature and header):
   every same-size PNG collides.
-- ``never_forgets``: the predicted index never expires or evicts a block.
+- ``never_forgets``: the predicted index never expires or evicts a block, and a worker's KV events (where the
+  proxy consumes them) only ever add: BlockRemoved and AllBlocksCleared are ignored.
 - ``no_lora``: the LoRA adapter is left out of the key.
 - ``geometry``: the router ignores ``--mm-processor-kwargs`` and counts image tokens at the family's defaults
   (workers started with other processor settings expand images differently: Dynamo PR #9441's bug class).
@@ -24,20 +25,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from harness import degrade as shared
 from harness.mm import resolver as resolver_module
 from harness.mm.hashing import block_hashes
 from harness.mm.prompt import ImagePart, MMItem
 from harness.mm.request import render_request
 from harness.mm.resolver import ResolvedImage
+from harness.server.kv_events import BlockStored, KVEvent
 
 if TYPE_CHECKING:
     from harness.proxy.adapters import AdapterInfo
     from harness.proxy.service import Proxy, RoutingKey
+    from harness.proxy.workers import WorkerState
 
 MODES = (
     "text_key",
@@ -55,15 +59,8 @@ ANY_IMAGE = "text-only"
 
 
 def parse_modes(text: str | Iterable[str] | None) -> frozenset[str]:
-    """``--degrade`` values (comma-separated, repeatable) -> mode names; unknown names are a usage error."""
-    if text is None:
-        return frozenset()
-    items = [text] if isinstance(text, str) else list(text)
-    names = {n.strip() for item in items for n in item.split(",") if n.strip()}
-    unknown = names - set(MODES)
-    if unknown:
-        raise ValueError(f"unknown --degrade mode(s) {sorted(unknown)}; known: {', '.join(MODES)}")
-    return frozenset(names)
+    """``--degrade`` values -> the proxy's mode names (``harness.degrade.parse_modes``)."""
+    return shared.parse_modes(text, MODES)
 
 
 def degrade_items(items: list[MMItem], modes: frozenset[str]) -> list[MMItem]:
@@ -114,7 +111,20 @@ def install(proxy: Proxy, modes: frozenset[str]) -> None:
         for w in proxy.workers:
             w.predicted.capacity = math.inf  # type: ignore[assignment]
             w.predicted.ttl_s = math.inf
+            if w.events is not None:
+                w.apply_events = _stores_only(w)  # type: ignore[method-assign,assignment]
     proxy.routing_key = lambda body, chat, adapter: routing_key(proxy, body, chat, adapter)  # type: ignore[method-assign]
+
+
+def _stores_only(w: WorkerState) -> Callable[[Sequence[KVEvent]], None]:
+    """``WorkerState.apply_events`` that hears BlockStored only: evictions and clears are never forgotten."""
+    events = w.events
+    assert events is not None
+
+    def apply(batch: Sequence[KVEvent]) -> None:
+        events.apply([e for e in batch if isinstance(e, BlockStored)])
+
+    return apply
 
 
 async def routing_key(proxy: Proxy, body: dict[str, Any], chat: bool, adapter: AdapterInfo | None) -> RoutingKey:

@@ -6,7 +6,9 @@ evicts on its own schedule. A decision first *reserves* its blocks (so concurren
 see each other while in flight) and *settles* them when the worker answered: committed into the LRU on success,
 dropped on a rejection, so requests the worker refuses (400 over-length) never evict real entries.
 ``EventIndex`` is exact: it mirrors the worker's BlockStored / BlockRemoved / AllBlocksCleared events. A worker
-with events uses both, so blocks of requests still in flight (not yet announced by events) count too.
+with events uses both, so blocks of requests still in flight (not yet announced by events) count too; a removal
+or a clear then also drops the committed predictions of those blocks (``WorkerState.apply_events``), or the
+prediction would keep claiming them for its TTL after the worker said they are gone.
 """
 
 from __future__ import annotations
@@ -77,8 +79,16 @@ class PredictedIndex:
         return len(self._pending)
 
     def clear(self) -> None:
-        """Forget what the worker cached (it restarted); reservations of requests in flight stay theirs."""
+        """Forget what the worker cached (it restarted, or its events say it cleared its cache); reservations of
+        requests in flight stay theirs."""
         self._expiry.clear()
+
+    def discard(self, hashes: Iterable[int]) -> None:
+        """Forget committed predictions of ``hashes`` (the worker's events say it evicted them); reservations of
+        requests in flight stay."""
+        entries = self._expiry
+        for h in hashes:
+            entries.pop(h, None)
 
 
 class EventIndex:

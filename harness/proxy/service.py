@@ -289,8 +289,7 @@ class Proxy:
             if expected is not None and seq != expected:
                 log.warning("kv events from %s: gap, expected seq %d got %d", w.name, expected, seq)
             expected = seq + 1
-            assert w.events is not None
-            w.events.apply(events)
+            w.apply_events(events)
             counter.inc(len(events))
 
     # -- health ------------------------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
 from harness.proxy.kv_index import EventIndex, PredictedIndex
+from harness.server.kv_events import AllBlocksCleared, BlockRemoved, KVEvent
 
 FailureKind = Literal["unreachable", "worker_error", "timeout"]
 #: What a health observation changed: became up/down, breaker opened/closed, or nothing.
@@ -132,6 +134,17 @@ class WorkerState:
         if self.events is not None:
             n = max(n, self.events.match(hashes))
         return n
+
+    def apply_events(self, events: Sequence[KVEvent]) -> None:
+        """Mirror the worker's KV events; what it evicts or clears leaves the predictions too (only reservations
+        of requests in flight stay)."""
+        assert self.events is not None
+        self.events.apply(events)
+        for event in events:
+            if isinstance(event, BlockRemoved):
+                self.predicted.discard(event.block_hashes)
+            elif isinstance(event, AllBlocksCleared):
+                self.predicted.clear()
 
     def forget(self) -> None:
         """The worker is gone: a restarted one starts cold and without adapters."""

@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from harness import degrade as shared
 from harness.mm.prompt import ImagePart
 from harness.mm.resolver import ResolvedImage
 
@@ -30,14 +31,8 @@ MODES = ("no_prefix_cache", "misreport_cached", "size_only_hash", "no_last_token
 
 
 def parse_modes(text: str | Iterable[str] | None) -> frozenset[str]:
-    if text is None:
-        return frozenset()
-    items = [text] if isinstance(text, str) else list(text)
-    names = {n.strip() for item in items for n in item.split(",") if n.strip()}
-    unknown = names - set(MODES)
-    if unknown:
-        raise ValueError(f"unknown --degrade mode(s) {sorted(unknown)}; known: {', '.join(MODES)}")
-    return frozenset(names)
+    """``--degrade`` values -> the engine's mode names (``harness.degrade.parse_modes``)."""
+    return shared.parse_modes(text, MODES)
 
 
 def install(worker: SimWorker, modes: frozenset[str]) -> None:

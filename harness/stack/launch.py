@@ -66,7 +66,7 @@ class Stack:
         return [self.log_path(f"worker{i}") for i in range(len(self.worker_urls))]
 
     def log_tails(self, lines: int = 15) -> dict[str, str]:
-        out = {"launch": tail(self.proc.log_path, lines)}
+        out = {"launch": self.proc.log_tail(lines)}
         for path in [*self.worker_logs(), self.log_path("router")]:
             if path.exists():
                 out[path.stem.removeprefix(self.log_prefix)] = tail(path, lines)
@@ -100,6 +100,8 @@ def case_env(spec: StackSpec, ports: list[int], log_dir: Path, prefix: str, extr
     }
     if spec.family:
         env[c.ENV_MM_FAMILY] = spec.family
+    if spec.kv_events:
+        env[c.ENV_KV_EVENTS] = "1"
     env.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
     env.update(spec.env)
     env.update(extra)
@@ -139,17 +141,19 @@ def start_stack(
     try:
 
         def ready() -> bool:
-            url = parse_ready(proc.log_path.read_text(errors="replace"))
+            # This boot's lines only: the launch log is appended to, and a relaunch of the same case id in the same
+            # log directory must not connect to the last boot's (dead) ports.
+            url = parse_ready(proc.log_text())
             if url:
                 stack.url = url
             return url is not None
 
         wait_until(ready, deadline, interval_s=0.05, procs=[proc], what=f"{case.id} to print HARNESS_READY")
-        boot_log = proc.log_path.read_text(errors="replace")
+        boot_log = proc.log_text()
         stack.phases = parse_phases(boot_log)
         stack.worker_urls = c.parse_workers(boot_log) or stack.worker_urls  # a script that chose its own
     except (ProcessExitedError, TimeoutError) as exc:
-        text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+        text = proc.log_text()
         failed = parse_failed(text)
         stop_stack(stack)
         reason = failed or str(exc).splitlines()[0]

@@ -70,12 +70,14 @@ def pid_alive(pid: int) -> bool:
         return True  # no procfs: trust kill(0)
 
 
-def tail(path: Path, lines: int = 20) -> str:
+def tail(path: Path, lines: int = 20, start: int = 0) -> str:
+    """The last ``lines`` lines of ``path``, of what follows byte ``start`` only (a log appended to by one process
+    after another: the earlier ones' lines are not this one's)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
-            fh.seek(max(0, size - 16384))
+            fh.seek(max(start, size - 16384))
             data = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
@@ -89,6 +91,8 @@ class ManagedProcess:
     log_path: Path
     popen: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
+    #: The log's size when this process was started: ``spawn`` appends, so what came before is an earlier run's.
+    log_start: int = 0
 
     @property
     def pid(self) -> int:
@@ -102,7 +106,16 @@ class ManagedProcess:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        return tail(self.log_path, lines)
+        return tail(self.log_path, lines, self.log_start)
+
+    def log_text(self) -> str:
+        """Everything this process has written to its log (not what earlier runs appended before it)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self.log_start)
+                return fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
 
     def signal_group(self, sig: int) -> None:
         # The process leads its own session, so its pgid is its pid.
@@ -132,8 +145,11 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
 ) -> ManagedProcess:
+    """Start ``argv`` in its own session, stdout and stderr appended to ``log_path`` (earlier runs' lines are kept
+    for the post-mortem; ``ManagedProcess.log_text`` reads this run's only)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
+        log_start = log.seek(0, os.SEEK_END)
         popen = subprocess.Popen(
             list(argv),
             stdout=log,
@@ -145,7 +161,7 @@ def spawn(
             # Launch scripts trap SIGTERM and end their own children: even a SIGKILLed pytest leaves no stack.
             preexec_fn=die_with_parent(signal.SIGTERM),
         )
-    return ManagedProcess(name=name, argv=list(argv), log_path=log_path, popen=popen)
+    return ManagedProcess(name=name, argv=list(argv), log_path=log_path, popen=popen, log_start=log_start)
 
 
 def wait_until(

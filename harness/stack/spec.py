@@ -40,6 +40,8 @@ class StackSpec:
     capabilities: RouterCapabilities
     extra_worker_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    #: The workers publish KV-cache events and the router consumes them (``Topology.kv_events``).
+    kv_events: bool = False
 
     @property
     def has_router(self) -> bool:
@@ -75,4 +77,5 @@ def resolve_spec(case: Case, environ: Mapping[str, str] | None = None) -> StackS
         capabilities=t.router_capabilities,
         extra_worker_args=case.extra_script_args,
         env=dict(t.env),
+        kv_events=t.kv_events,
     )

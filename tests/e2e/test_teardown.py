@@ -292,6 +292,23 @@ def test_missing_script(tmp_path: Path, launch_dir: Path, ports_dir: Path) -> No
     assert ports._load(ports_dir / "reserved.json") == {}
 
 
+def test_a_relaunch_in_the_same_log_dir_reads_its_own_boot(tmp_path: Path, launch_dir: Path, ports_dir: Path) -> None:
+    """The launch log is appended to: a second boot of the same case id must take its ready line, ports and
+    phases from its own lines, and a relaunch that fails must fail, not connect to the last boot's dead ports."""
+    log_dir = tmp_path / "logs"
+    with launched(fake_case(), log_dir, launch_dir=launch_dir) as first:
+        pass
+    with launched(fake_case(), log_dir, launch_dir=launch_dir) as second:
+        assert second.url == f"http://127.0.0.1:{second.ports[0]}"
+        assert second.worker_urls == [f"http://127.0.0.1:{second.ports[2]}"]
+        assert set(second.phases) == {"launch_workers", "router"}
+        assert f"ports={first.ports[2]}" not in second.proc.log_text()
+    log = (log_dir / f"{fake_case().id}.launch.log").read_text()
+    assert log.count("HARNESS_READY") == 2  # both boots' lines are kept for the post-mortem
+    with pytest.raises(LaunchError, match="boom: worker0 could not start"):
+        start_stack(fake_case("die.sh"), log_dir, launch_dir=launch_dir)  # same case id, same log file
+
+
 def test_launched_tears_down_on_normal_exit(tmp_path: Path, launch_dir: Path) -> None:
     with launched(fake_case(), tmp_path / "logs", launch_dir=launch_dir) as stack:
         pids = stack_pids(stack)

@@ -54,6 +54,12 @@ class Knobs:
     null_content: bool = False
     #: The workers' URLs answer only ``/metrics`` (Dynamo's mockers' system ports).
     workers_metrics_only: bool = False
+    #: The router's index ignores the workers' cache clears (AllBlocksCleared): it never forgets.
+    never_forgets: bool = False
+    #: Events reach the router only after this many more requests (a lagging feed), as the retries must absorb.
+    event_lag: int = 0
+    #: The workers serve ``POST /reset_prefix_cache`` (vLLM: only with VLLM_SERVER_DEV_MODE=1).
+    reset_endpoint: bool = True
 
 
 class FakeImages:
@@ -88,6 +94,8 @@ class FakeStack:
         self.pool = [FakeWorker(f"worker{i}", block) for i in range(workers)]
         self.router_index: list[set[int]] = [set() for _ in range(workers)]
         self.rr = 0
+        #: Worker clears the router has yet to hear of: (requests still to route before it does, worker index).
+        self.pending_clears: list[list[int]] = []
         self.lock = threading.Lock()
         self.log_dir = tmp
         self.log_prefix = "fake."
@@ -98,7 +106,7 @@ class FakeStack:
         rb = self.knobs.router_block or block
         lines = [format_mm_startup(MODEL, rb)] if self.knobs.startup_line else []
         self.log_path("router").write_text("\n".join(lines) + "\n")
-        caps = RouterCapabilities(records="harness", startup_line=True)
+        caps = RouterCapabilities(records="harness", startup_line=True, kv_events=True)
         topo = Topology(
             "fake",
             "agg_router.sh",
@@ -160,6 +168,8 @@ class FakeStack:
                 return httpx.Response(200, text=self.metrics(i))
             if self.knobs.workers_metrics_only:
                 return httpx.Response(404, text="not found")
+            if path == "/reset_prefix_cache" and self.knobs.reset_endpoint:
+                return self.reset(i)
             if path == "/tokenize":
                 prompt = self.render(body)[0]
                 return httpx.Response(200, json={"count": prompt.num_tokens, "tokens": prompt.token_ids})
@@ -173,9 +183,26 @@ class FakeStack:
                 return self.serve(i, body, request.headers.get("x-request-id", "-"))
         return httpx.Response(404, json={"error": {"message": f"no route {path}"}})
 
+    def reset(self, i: int) -> httpx.Response:
+        """The simulated engine's ``/reset_prefix_cache``: the cache empties and an AllBlocksCleared event
+        goes out to the router (heard after ``event_lag`` more requests; never by a router that never forgets)."""
+        self.pool[i].cached.clear()
+        if not self.knobs.never_forgets:
+            self.pending_clears.append([self.knobs.event_lag, i])
+        return httpx.Response(200, json={"success": True})
+
+    def hear_events(self) -> None:
+        for clear in list(self.pending_clears):
+            if clear[0] <= 0:
+                self.router_index[clear[1]].clear()
+                self.pending_clears.remove(clear)
+            else:
+                clear[0] -= 1
+
     def route(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         rid = request.headers.get("x-request-id", "-")
         prompt, _, _ = self.render(body)
+        self.hear_events()
         items = list(prompt.mm_items)
         if self.knobs.router == "text_key":
             items = [replace(it, hash="any") for it in items]

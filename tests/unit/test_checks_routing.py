@@ -6,6 +6,7 @@ from harness.contract import format_mm_startup, format_routing
 from harness.gate.checks.routing import (
     block_size_agrees,
     record_claims_at_most,
+    record_forgets_evicted,
     record_spares_new_image,
     router_claims_match_workers,
     router_covers_prompt,
@@ -80,3 +81,19 @@ def test_block_size_agrees() -> None:
     assert bad.passed is False and "worker1=32" in bad.actual
     assert block_size_agrees(None, workers, True).passed is None  # the evidence rules make this fail when required
     assert block_size_agrees(16, {"worker0": (None, "none")}, True).passed is None
+
+
+def test_record_forgets_evicted() -> None:
+    # 304 prompt tokens at B=16: the cache cap is 18 blocks (288 tokens); the workers were cleared.
+    r = reply(cached=0, tag="ev")
+    assert record_forgets_evicted(log(("rid-ev", "worker0", 0, 19)), r, 16, True, True).passed is True
+    stale = record_forgets_evicted(log(("rid-ev", "worker0", 19, 19)), r, 16, True, True)
+    assert stale.passed is False and "overlap_blocks=19 (288 tokens) cached_tokens=0" in stale.actual
+    # What the worker did hold again (a neighbour re-cached 2 blocks) may be claimed, no more.
+    held = reply(cached=32, tag="ev")
+    assert record_forgets_evicted(log(("rid-ev", "worker0", 2, 19)), held, 16, True, True).passed is True
+    assert record_forgets_evicted(log(("rid-ev", "worker0", 3, 19)), held, 16, True, True).passed is False
+    assert record_forgets_evicted(log(), r, 16, True, True).passed is False  # declared records, none for this id
+    assert "no KV events" in record_forgets_evicted(log(("rid-ev", "worker0", 19, 19)), r, 16, True, False).actual
+    assert record_forgets_evicted(log(("rid-ev", "worker0", 19, 19)), r, 16, True, False).passed is None
+    assert record_forgets_evicted("", r, 16, False, True).passed is None

@@ -29,6 +29,12 @@ def test_required_follows_capabilities() -> None:
     assert "repeat co-locates" not in blind
     lora = required_checks(RouterCapabilities(), workers=2, has_router=True, adapter=True, family_anchored=False)
     assert "different images spread under load" not in lora
+    forgets = "router forgets blocks the workers evicted"
+    assert forgets not in proxy  # a router that only predicts cannot see evictions
+    fed = RouterCapabilities(records="harness", startup_line=True, kv_events=True)
+    assert forgets in required_checks(fed, workers=1, has_router=True, adapter=False, family_anchored=False)
+    mocker = RouterCapabilities(records="harness", kv_events=True, workers_serve_openai=False)
+    assert forgets not in required_checks(mocker, workers=2, has_router=True, adapter=False, family_anchored=False)
 
 
 def test_insufficient_evidence() -> None:

@@ -174,3 +174,61 @@ def test_an_engine_blind_to_images_makes_image_cache_checks_na(tmp_path: Path) -
     assert "the engine ignores image content" in na["different image: no cached image blocks"]
     # The router's own account still judges images.
     assert verdict(result, "router does not claim the new image's blocks") == "pass"
+
+
+FORGETS = "router forgets blocks the workers evicted"
+CLAIMS = "router's claimed overlap does not exceed the worker's cache"
+
+
+@pytest.fixture
+def no_eviction_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scenario, "EVICTION_WAITS_S", (0.0, 0.0, 0.0))
+
+
+def check(result: GateResult, name: str) -> scenario.CheckResult:
+    return next(c for c in result.checks if c.name == name)
+
+
+def test_an_event_fed_router_forgets_what_the_workers_cleared(tmp_path: Path, no_eviction_waits: None) -> None:
+    result = run(tmp_path, suite="pre_merge")
+    assert result.passed, result.report()
+    forgets = check(result, FORGETS)
+    assert forgets.passed is True and FORGETS in result.required
+    assert "overlap_blocks=0 " in forgets.actual and forgets.actual.endswith("(try 1 of 3)")
+    evicted = next(r for r in result.replies if r.tag == "evicted1")
+    assert evicted.cached_tokens == 0  # the clear really emptied the workers
+
+
+def test_a_lagging_event_feed_is_tried_again_after_a_fresh_clear(tmp_path: Path, no_eviction_waits: None) -> None:
+    result = run(tmp_path, Knobs(event_lag=1), suite="pre_merge")
+    assert result.passed, result.report()
+    assert check(result, FORGETS).actual.endswith("(try 2 of 3)")
+
+
+def test_a_router_that_never_forgets_is_rejected_on_routing(tmp_path: Path, no_eviction_waits: None) -> None:
+    result = run(tmp_path, Knobs(never_forgets=True), suite="pre_merge")
+    forgets = check(result, FORGETS)
+    assert forgets.passed is False and forgets.kind == "routing"
+    assert forgets.actual.endswith("(try 3 of 3)") and "cached_tokens=0 " in forgets.actual
+    assert CLAIMS in failed(result)  # the claims-versus-cache check over every request agrees
+    with pytest.raises(AssertionError):
+        result.assert_verdict(control=True)
+
+
+def test_a_router_that_only_predicts_is_not_expected_to_see_evictions(tmp_path: Path) -> None:
+    caps = RouterCapabilities(records="harness", startup_line=True)  # kv_events=False
+    result = run(tmp_path, Knobs(never_forgets=True), caps=caps, suite="pre_merge")
+    assert result.passed, result.report()
+    na = {n["name"]: n["reason"] for n in result.not_applicable}
+    assert "no KV events" in na[FORGETS]
+    assert FORGETS not in result.required
+    assert not any(r.tag.startswith("evicted") for r in result.replies)  # nothing was cleared
+
+
+def test_an_event_fed_router_whose_workers_cannot_clear_is_insufficient_evidence(
+    tmp_path: Path, no_eviction_waits: None
+) -> None:
+    result = run(tmp_path, Knobs(reset_endpoint=False), suite="pre_merge")
+    assert "VLLM_SERVER_DEV_MODE=1" in next(n["reason"] for n in result.not_applicable if n["name"] == FORGETS)
+    assert f"insufficient evidence: {FORGETS}" in failed(result)
+    assert result.failed_kinds() == {"evidence"}

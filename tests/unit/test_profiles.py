@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from harness.profiles import (
     Case,
     ModelProfile,
+    RouterCapabilities,
     Topology,
     default_launch_dir,
     default_profile_dir,
@@ -20,6 +22,8 @@ from harness.profiles import (
     vram_deselect_reason,
 )
 from harness.pytest_plugin import case_marks, case_params
+from harness.stack.launch import case_env
+from harness.stack.spec import resolve_spec
 
 MODEL = ModelProfile("org/Some-VL-2B", "some-vl-2b", family="qwen3_vl", marks=("model_mark",))
 BIG_MODEL = ModelProfile("org/Big-VL-7B", "big-vl-7b", gpus=2, marks=("big",))
@@ -410,3 +414,17 @@ def test_any_router_name_with_declared_capabilities() -> None:
     assert t.router_capabilities is caps
     assert Topology("p", "agg_router.sh", router="proxy").router_capabilities.records == "harness"
     assert Topology("v", "agg_router.sh", router="vllm-router").router_capabilities.records is None
+
+
+def test_kv_events_topology_declares_an_event_fed_proxy_and_asks_the_script_for_events(tmp_path: Path) -> None:
+    fed = Case(MODEL, replace(GATE, kv_events=True))
+    assert fed.effective.router_capabilities.kv_events is True
+    env = case_env(resolve_spec(fed), [1, 2, 3, 4], tmp_path, "p.", {})
+    assert env["HARNESS_KV_EVENTS"] == "1"
+    plain = Case(MODEL, GATE)
+    assert plain.effective.router_capabilities.kv_events is False
+    assert "HARNESS_KV_EVENTS" not in case_env(resolve_spec(plain), [1, 2, 3, 4], tmp_path, "p.", {})
+    # A declared router says for itself whether it hears events; vllm-router consumes none.
+    declared = replace(GATE, kv_events=True, capabilities=RouterCapabilities(records="harness"))
+    assert declared.router_capabilities.kv_events is False
+    assert replace(GATE, kv_events=True, router="vllm-router").router_capabilities.kv_events is False

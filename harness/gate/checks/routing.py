@@ -20,6 +20,7 @@ SPARES_NEW_IMAGE = "router does not claim the new image's blocks"
 COVERS_PROMPT = "router keys the whole prompt as the workers expand it"
 CLAIMS_MATCH = "router's claimed overlap does not exceed the worker's cache"
 BLOCK_SIZE = "router and workers agree on the block size"
+FORGETS = "router forgets blocks the workers evicted"
 
 
 def startup_line_check(router_log: str, model: str, block_size: int, declared: bool) -> CheckResult:
@@ -164,6 +165,38 @@ def router_claims_match_workers(
         f"min(overlap_blocks x {block_size}, cache cap) <= cached_tokens, on the recorded worker, for every request",
         "; ".join(bad[:4]) or f"all {checked} agree",
         "routing",
+        source="router log + responses",
+    )
+
+
+def record_forgets_evicted(
+    router_log: str, reply: Reply, block_size: int, keeps_records: bool, event_fed: bool
+) -> CheckResult:
+    """``reply`` repeats a prompt the workers held, sent after every worker cleared its prefix cache (which
+    publishes AllBlocksCleared): the router's record may claim no more than the chosen worker then served from
+    its cache. An event-fed index that ignores removals and clears keeps claiming the old blocks, steering
+    requests to workers for a cache they no longer hold."""
+    if not keeps_records:
+        return not_applicable(FORGETS, "the router keeps no routing records", request_id=reply.request_id)
+    if not event_fed:
+        why = "the router only predicts what workers cache (no KV events): it cannot see an eviction"
+        return not_applicable(FORGETS, why, request_id=reply.request_id)
+    rec = record_of(router_log, reply)
+    if rec is None:
+        return _missing(FORGETS, reply)
+    if reply.cached_tokens is None:
+        why = "the response reports no cached_tokens to compare the claim with"
+        return not_applicable(FORGETS, why, request_id=reply.request_id)
+    claimed = min(rec.overlap_blocks * block_size, cache_hit_cap(reply.prompt_tokens, block_size))
+    return CheckResult(
+        FORGETS,
+        claimed <= reply.cached_tokens,
+        f"after every worker's prefix cache was cleared, min(overlap_blocks x {block_size}, cache cap) <= "
+        "cached_tokens",
+        f"overlap_blocks={rec.overlap_blocks} ({claimed} tokens) cached_tokens={reply.cached_tokens} "
+        f"worker={rec.worker}",
+        "routing",
+        reply.request_id,
         source="router log + responses",
     )
 

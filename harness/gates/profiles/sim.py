@@ -4,6 +4,9 @@ Controls (``expect="fail"``) run the same gate against deliberately degraded rou
 hashes the expanded prompt with the image placeholders but not the images: it claims a different image's blocks
 as overlap and piles new images onto one worker), round robin and random (no cache affinity at all). They are
 strict xfails: if one ever passes, the gate has lost its teeth and the run fails.
+
+``agg_router_kv_events`` feeds the proxy's index with the workers' KV events (``HARNESS_KV_EVENTS=1``), so the
+gate's eviction step runs: the workers clear their caches and the router must stop claiming what they held.
 """
 
 from dataclasses import replace
@@ -26,6 +29,7 @@ AGG_ROUTER_LORA = replace(AGG_ROUTER, name="agg_router_lora", script="agg_router
 KV_TEXT = replace(AGG_ROUTER, name="agg_router_kv_text", policy="kv_text", expect="fail")
 ROUND_ROBIN = replace(AGG_ROUTER, name="agg_router_round_robin", policy="round_robin", expect="fail")
 RANDOM = replace(AGG_ROUTER, name="agg_router_random", policy="random", expect="fail", marks=("post_merge",))
+KV_EVENTS = replace(AGG_ROUTER, name="agg_router_kv_events", kv_events=True, marks=("post_merge",))
 POST = {"marks": ("post_merge",)}
 
 CASES = [
@@ -43,6 +47,7 @@ CASES = [
     Case(QWEN3_VL_2B, AGG_ROUTER, suffix="4w", overrides={"workers": 4, **POST}),
     Case(QWEN25_VL_3B, KV_TEXT, overrides=POST),
     Case(QWEN3_VL_2B, RANDOM),
+    Case(QWEN3_VL_2B, KV_EVENTS),
     Case(QWEN2_VL_2B, AGG_ROUTER, overrides=POST),
     Case(LLAVA_15_7B, AGG_ROUTER, overrides=POST),
     Case(LLAVA_NEXT_7B, AGG_ROUTER, overrides=POST),

@@ -13,6 +13,8 @@
 # Optional: HARNESS_PYTHON HARNESS_MAX_MODEL_LEN HARNESS_BLOCK_SIZE HARNESS_LOG_PREFIX HARNESS_READY_TIMEOUT HARNESS_SERIAL_BOOT
 #   HARNESS_ROUTER_METRICS_PORT HARNESS_ADAPTER_DIR HARNESS_ENABLE_LORA HARNESS_ASSET_DIR HARNESS_MM_FAMILY
 #   HARNESS_EXTRA_ROUTER_ARGS HARNESS_SIM_SPEEDUP HARNESS_MEDIA_HOSTS
+#   HARNESS_KV_EVENTS=1 (workers publish KV events over ZMQ, the proxy consumes them; HARNESS_KV_EVENTS_PORTS
+#   names the publisher ports, else they are allocated)
 
 set -uo pipefail
 
@@ -35,6 +37,7 @@ mkdir -p "$HARNESS_LOG_DIR"
 PIDS=()        # every component we started, in start order
 NAMES=()       # their names, same order
 WORKER_URLS=()
+KV_EVENT_PORTS=()  # per worker, when HARNESS_KV_EVENTS=1
 _T0=$(date +%s.%N)
 _PHASE_T=$_T0
 
@@ -129,6 +132,11 @@ start_worker() {
   if [ "${HARNESS_ENABLE_LORA:-0}" = 1 ]; then lora=(--enable-lora --max-loras 4 --max-lora-rank 64); fi
   # shellcheck disable=SC2206
   local extra=($HARNESS_EXTRA_WORKER_ARGS)
+  # vLLM's KV-cache event publisher (``KVEventsConfig``, vllm/config/kv_events.py); the simulated engine reads the
+  # same JSON and publishes the same ZMQ messages.
+  if [ "${HARNESS_KV_EVENTS:-0}" = 1 ]; then
+    extra+=(--kv-events-config "{\"enable_kv_cache_events\": true, \"publisher\": \"zmq\", \"endpoint\": \"tcp://127.0.0.1:${KV_EVENT_PORTS[$i]}\"}")
+  fi
   case "$HARNESS_BACKEND" in
     sim)
       # Real-time step costs (speedup 1) so concurrent requests overlap as they would on a GPU.
@@ -207,6 +215,11 @@ start_workers() {
   read -r -a ports <<<"$HARNESS_WORKER_PORTS"
   n=${HARNESS_NUM_WORKERS:-${#ports[@]}}
   [ "${#ports[@]}" -ge "$n" ] || die "HARNESS_WORKER_PORTS has ${#ports[@]} ports for $n workers"
+  if [ "${HARNESS_KV_EVENTS:-0}" = 1 ]; then
+    [ -n "${HARNESS_KV_EVENTS_PORTS:-}" ] || HARNESS_KV_EVENTS_PORTS=$(alloc_ports "$n")
+    read -r -a KV_EVENT_PORTS <<<"$HARNESS_KV_EVENTS_PORTS"
+    [ "${#KV_EVENT_PORTS[@]}" -ge "$n" ] || die "HARNESS_KV_EVENTS_PORTS has ${#KV_EVENT_PORTS[@]} ports for $n workers"
+  fi
   if [ "${HARNESS_SERIAL_BOOT:-0}" = 1 ]; then
     for ((i = 0; i < n; i++)); do
       start_worker "$i" "${ports[$i]}"
@@ -244,6 +257,11 @@ start_router() {
       # shellcheck disable=SC2206
       opts+=(--allowed-media-hosts $HARNESS_MEDIA_HOSTS)
       [ "$HARNESS_BACKEND" = vllm ] && [ -n "${HARNESS_ASSET_DIR:-}" ] && opts+=(--inline-assets)
+      if [ "${HARNESS_KV_EVENTS:-0}" = 1 ]; then
+        local j events=()
+        for j in "${!WORKER_URLS[@]}"; do events+=("${WORKER_URLS[$j]}=tcp://127.0.0.1:${KV_EVENT_PORTS[$j]}"); done
+        opts+=(--kv-events "${events[@]}")
+      fi
       spawn router "$HARNESS_PYTHON" -m harness.proxy --model "$HARNESS_MODEL" --port "$port" \
         --policy "${HARNESS_ROUTER_POLICY:-kv_mm}" --block-size "$HARNESS_BLOCK_SIZE" --workers "${WORKER_URLS[@]}" \
         "${opts[@]}" "${extra[@]}"
