@@ -135,7 +135,8 @@ def url_mode_args(args: argparse.Namespace) -> list[str]:
              f"expect={args.expect}", f"startup_line={'yes' if args.startup_line else 'no'}",
              f"engine_sees_images={'no' if args.engine_blind else 'yes'}", f"timeout_s={args.url_timeout}",
              f"engine_text={'no' if args.engine_no_text else 'yes'}",
-             f"workers_serve_openai={'no' if args.workers_metrics_only else 'yes'}"]
+             f"workers_serve_openai={'no' if args.workers_metrics_only else 'yes'}",
+             f"worker_metrics={'no' if args.no_worker_metrics else 'yes'}"]
     if args.attribution:
         pairs.append("attribution=" + ",".join(args.attribution))
     for key in ("router_log", "family", "workers"):
@@ -465,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     url.add_argument("--engine-no-text", action="store_true", help="its replies carry no text (Dynamo's mocker)")
     url.add_argument("--workers-metrics-only", action="store_true",
                      help="the --worker-url serve /metrics only, not the OpenAI API (Dynamo's mockers)")
+    url.add_argument("--no-worker-metrics", action="store_true",
+                     help="the workers' /metrics have no vllm:prefix_cache_* counters (Dynamo's mockers)")
     url.add_argument("--block-size", type=int, default=16, help="its KV block size (default 16)")
     url.add_argument("--family", default=None, help="the model's image-token family (default: from the model id)")
     url.add_argument("--payload", default="image_url", help="image_url, base64, multi_image, multi_turn")

@@ -11,6 +11,8 @@ Lines:
 - ``HARNESS_FAILED <reason>``: start-up failed; the reason names the component.
 - ``HARNESS_WORKERS urls=<url>[,<url>...]``: optional, before the ready line: the workers' own URLs, when the
   script chose them itself (an attached stack, ports of its own) rather than taking ``HARNESS_WORKER_PORTS``.
+- ``HARNESS_SERVED_MODEL path=<dir>``: optional: the model directory the stack serves ``HARNESS_MODEL`` from (a
+  start-up line may name it instead of the model id).
 - ``[ROUTING] request_id=<id> worker=<name> overlap_blocks=<x> total_blocks=<m> policy=<p>``: one routing
   decision (Dynamo's ``[ROUTING] Best: worker_<id> ... with <x>/<m> blocks overlap ... x_request_id="<id>"`` is
   parsed too).
@@ -87,6 +89,19 @@ def parse_failed(text: str) -> str | None:
 
 
 _WORKERS_RE = re.compile(r"^HARNESS_WORKERS urls=(\S+)$", re.M)
+
+
+_SERVED_MODEL_RE = re.compile(r"^HARNESS_SERVED_MODEL path=(\S+)$", re.M)
+
+
+def format_served_model(path: str) -> str:
+    """A launch script that serves the model from a directory it wrote (Dynamo's no-weights model) says where, so
+    a start-up line naming that directory names the served model."""
+    return f"HARNESS_SERVED_MODEL path={path}"
+
+
+def parse_served_models(text: str) -> list[str]:
+    return _SERVED_MODEL_RE.findall(text)
 
 
 def format_workers(urls: list[str]) -> str:

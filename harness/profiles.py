@@ -57,6 +57,9 @@ class RouterCapabilities:
     #: Whether the workers' own URLs serve the OpenAI API, for probes sent straight to a worker (Dynamo's mockers
     #: serve ``/metrics`` on their system port only; requests reach them through the frontend).
     workers_serve_openai: bool = True
+    #: Whether the workers' ``/metrics`` export vLLM's prefix-cache counters (``vllm:prefix_cache_*``); Dynamo's
+    #: mockers export only ``dynamo_component_*`` series, so the gate cannot compare counters with responses.
+    worker_metrics: bool = True
     #: Whether the router's index is fed by the workers' KV-cache events (BlockStored / BlockRemoved /
     #: AllBlocksCleared), so it can see a worker evict. A router that only predicts from its own decisions cannot,
     #: and the eviction check is n/a for it.

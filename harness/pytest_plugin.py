@@ -117,7 +117,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="what it lets the gate observe: records=harness|dynamo|none, attribution=header[:NAME],nvext,metrics, "
-        "startup_line=yes, engine_sees_images=no, engine_text=no, workers_serve_openai=no, router_log=FILE, "
+        "startup_line=yes, engine_sees_images=no, engine_text=no, workers_serve_openai=no, worker_metrics=no, "
+        "router_log=FILE, "
         "block_size, family, payload, expect, workers",
     )
 

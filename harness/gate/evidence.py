@@ -25,7 +25,11 @@ def required_checks(
     caps: RouterCapabilities, *, workers: int, has_router: bool, adapter: bool, family_anchored: bool
 ) -> set[str]:
     """The checks a stack with these capabilities must produce (pass or fail, never n/a)."""
-    need = {METRICS_HITS, cfg.PROBE_IMAGE}
+    need: set[str] = set()
+    if caps.worker_metrics:  # Dynamo's mockers export no vllm:* counters (declared)
+        need.add(METRICS_HITS)
+    if caps.engine_sees_images:  # an image-blind engine's prompt_tokens count no image tokens to probe
+        need.add(cfg.PROBE_IMAGE)
     if family_anchored:
         need.add(cfg.ANCHOR)
     if has_router and workers > 1 and caps.attribution:
@@ -33,7 +37,12 @@ def required_checks(
         if not adapter:  # adapter affinity keeps one adapter's requests together on purpose
             need.add(SPREADS)
     if has_router and caps.records:
-        need |= {rt.SPARES_NEW_IMAGE, rt.COVERS_PROMPT, rt.CLAIMS_MATCH}
+        need |= {rt.SPARES_NEW_IMAGE, rt.REPEAT_CLAIMS, rt.TRANSPORT_CLAIMS}
+        # The router's expansion and claims against the engine's numbers where the engine counts images, else
+        # against the reference (the n/a rule of ``IMAGE_BLIND``).
+        need |= {rt.COVERS_PROMPT, rt.CLAIMS_MATCH} if caps.engine_sees_images else {rt.REF_COVERS}
+        if workers > 1:
+            need.add(rt.BURST_CLAIMS)
     if has_router and caps.startup_line:
         need |= {rt.STARTUP, rt.BLOCK_SIZE}
     if has_router and caps.records and caps.kv_events and caps.workers_serve_openai:

@@ -9,9 +9,12 @@ Steps, in order (each a method of ``Gate``; the suite that runs it in brackets):
 2. **first / repeat / transport / negative** [pre_merge]: a first request (answer names the colours); its exact
    repeat hits every block but the one holding the last prompt token, on the same worker; the same image by the
    other transport hits the same; a different last image stops the cache (and the router's record) at the block
-   before it. The repeat's prompt is padded to a whole number of blocks, so vLLM's last-token rule shows.
+   before it. The repeat's prompt is padded to a whole number of blocks, so vLLM's last-token rule shows. Where
+   the router keeps records, the repeat's record claims every block of the reference expansion but the last
+   token's, on the first's worker, and so does the other transport's (the router's own account: it holds on an
+   engine declared blind to images, whose cache checks of image prompts are n/a).
 3. **bursts** [pre_merge]: concurrent repeats stay on the cached worker, all hitting; concurrent new images
-   spread over the workers.
+   spread over the workers; the repeats' records claim the cached blocks on that worker.
 4. **Dynamo's multimodal router suite** [pre_merge unless noted]: a staircase of 1, 2, 3 identical images; the
    same images reversed; the same images behind a different prompt [post_merge]; only the second image differs;
    the same picture at another resolution [post_merge]; the ``uuid`` content-part field; ``cache_salt``.
@@ -47,7 +50,7 @@ from typing import Any
 import httpx
 
 from harness import contract as c
-from harness.contract import parse_lora_cold_loads, parse_mm_startup
+from harness.contract import parse_lora_cold_loads, parse_mm_startup, parse_served_models
 from harness.gate.attributor import Attributor
 from harness.gate.checks import CheckResult, not_applicable
 from harness.gate.checks import config as cfgchecks
@@ -64,13 +67,22 @@ from harness.gate.checks.replies import (
     valid_reply,
 )
 from harness.gate.checks.routing import (
+    BURST_CLAIMS,
     FORGETS,
+    IMAGE_BLIND,
+    REPEAT_CLAIMS,
+    TRANSPORT_CLAIMS,
     block_size_agrees,
+    block_size_from_records,
+    burst_records_claim,
+    record_claims_at_least,
     record_claims_at_most,
     record_forgets_evicted,
+    record_of,
     record_spares_new_image,
     router_claims_match_workers,
     router_covers_prompt,
+    router_covers_reference,
     startup_line_check,
 )
 from harness.gate.evidence import COLOCATES, insufficient, na_summary, required_checks
@@ -239,6 +251,11 @@ class Gate:
         self.named_by_response = False
         #: Requests sent in bursts: a router may count blocks still being computed by their neighbours.
         self.concurrent: set[str] = set()
+        #: The reference layout of every request sent with one (for the router's records, judged against it).
+        self.layouts: dict[str, Layout] = {}
+        #: Tokens the engine counts per image (the image probe): the reference expansion of an image-blind
+        #: engine's prompt puts the reference's image-token count in their place.
+        self.engine_image_tokens: int | None = None
         #: Eviction-step requests sent before the router could have heard the clear (tried again after a wait).
         self.superseded: set[str] = set()
         #: Send order of every request (the cache model counts only what was sent before a request).
@@ -357,6 +374,8 @@ class Gate:
         self.result.replies.append(reply)
         if not direct:
             self.routed.append(reply)
+        if layout is not None:
+            self.layouts[rid] = layout
         if layout is not None and status == 200 and sequential:
             self.remember(reply, layout)
         return reply
@@ -376,6 +395,8 @@ class Gate:
         reason, where the model cannot say."""
         if not self.exact:
             return None, self.exact_why
+        if layout.images and not self.caps.engine_sees_images:
+            return None, IMAGE_BLIND
         seq = self.seq.get(reply.request_id, 1 << 62)
         shared = max(
             (shared_prefix(layout, prev) for entries in self.cache_model.values() for s, prev in entries if s < seq),
@@ -398,6 +419,7 @@ class Gate:
             replies = list(pool.map(one, range(len(batches))))
         self.concurrent.update(r.request_id for r in replies)
         for reply, layout in zip(replies, layouts, strict=True):
+            self.layouts[reply.request_id] = layout
             if reply.status == 200:
                 self.remember(reply, layout)
         return replies
@@ -475,6 +497,77 @@ class Gate:
             return r.json() if r.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
             return None
+
+    # -- the router's records, judged against the reference ------------------------------------------------------
+    def expanded(self, reply: Reply) -> int | None:
+        """``reply``'s prompt as the reference expands it, in the stack's tokens: the engine's own count where the
+        engine counts images; for an engine declared blind to images (one placeholder per image: Dynamo's
+        mocker), its count with each image's placeholders (the image probe) replaced by the reference's
+        image-token count. Never the router's own ``total_blocks``. None where it cannot be known."""
+        if not reply.prompt_tokens:
+            return None
+        if self.caps.engine_sees_images:
+            return reply.prompt_tokens
+        layout = self.layouts.get(reply.request_id)
+        if layout is None or (layout.images and self.engine_image_tokens is None):
+            return None
+        return reply.prompt_tokens + sum(n - (self.engine_image_tokens or 0) for _, n in layout.images)
+
+    def home_worker(self) -> str | None:
+        """The worker the router's record of the first request names."""
+        rec = record_of(self.router_text(), self.first) if hasattr(self, "first") else None
+        return rec.worker if rec else None
+
+    def claims(self, name: str, reply: Reply, why: str, home: bool = False) -> CheckResult:
+        """The router's record of ``reply`` claims every block of its reference expansion but the one holding the
+        last prompt token (on the first request's recorded worker, with ``home``)."""
+        keeps = bool(self.caps.records)
+        tokens = self.expanded(reply)
+        if keeps and tokens is None:
+            why_na = "no reference expansion of this prompt (the image-token probe did not answer)"
+            return not_applicable(name, why_na, request_id=reply.request_id)
+        floor = cache_hit_cap(tokens or 0, self.block) // self.block
+        self.threshold(
+            Threshold(f"{reply.tag}_claimed_blocks_at_least", floor, "reference", "floor((expanded prompt - 1) / B)")
+        )
+        worker = self.home_worker() if home and keeps else None
+        if home and keeps and worker is None:
+            return CheckResult(
+                name,
+                False,
+                "a [ROUTING] record of the first request, naming its worker",
+                "no record for the first request",
+                "routing",
+                self.first.request_id,
+                source="router log",
+            )
+        return record_claims_at_least(name, self.router_text(), reply, floor, keeps, why, worker)
+
+    def salt_apart(self, reply: Reply) -> CheckResult:
+        """Another salt shares no block, judged on the engine's cache; where it does, the router's record of the
+        request says whether the router (which claimed them) or the engine alone (the router claimed none)
+        shared blocks across salts."""
+        check = cached_at_most(
+            "other cache_salt shares nothing",
+            reply,
+            0,
+            "the salt keys the first block; this is the engine's cache, the router's account is 'router keeps "
+            "cache_salt apart'",
+            "reference",
+        )
+        if check.passed is False:
+            rec = record_of(self.router_text(), reply) if self.caps.records else None
+            check.actual += f" on {reply.served_by or 'an unattributed worker'}"
+            if rec is None:
+                check.actual += " (no router record to say whether the router shared them)"
+            elif rec.overlap_blocks == 0:
+                check.actual += (
+                    f": the router's record claims 0/{rec.total_blocks} blocks, so the engine's cache, not the "
+                    "router, shares blocks across cache_salt values"
+                )
+            else:
+                check.actual += f": the router claims {rec.overlap_blocks} blocks too (both share across salts)"
+        return check
 
     # -- the scenario -----------------------------------------------------------------------------------------
     def run(self) -> GateResult:
@@ -554,6 +647,7 @@ class Gate:
         probed = None
         if with_img.status == 200 and without.status == 200 and with_img.prompt_tokens:
             probed = with_img.prompt_tokens - without.prompt_tokens - ref.marker_tokens
+            self.engine_image_tokens = probed
         self.add(
             cfgchecks.image_tokens_agree(cfgchecks.PROBE_IMAGE, ref_tokens, probed, "prompt_tokens probe", "probe")
         )
@@ -657,6 +751,7 @@ class Gate:
             "repeat hits the image blocks", repeat, self.main, "every block but the one holding the last prompt token"
         )
         self.add(same_worker(COLOCATES, first, repeat, self.workers))
+        self.add(self.claims(REPEAT_CLAIMS, repeat, "every block but the one holding the last prompt token", home=True))
 
         other_msgs = self.messages(base, not inline, self.pad)
         other = self.send("transport", other_msgs, layout=self.layout(other_msgs, base))
@@ -664,6 +759,8 @@ class Gate:
         self.expect_exact(
             f"same image by {'URL' if inline else 'base64'} hits", other, self.main, "the hash is over the bytes"
         )
+        via = "base64 after URL" if not inline else "URL after base64"
+        self.add(self.claims(TRANSPORT_CLAIMS, other, f"same bytes by {via}: the image's hash is over its bytes"))
 
         swapped = [*base[:-1], self.image("red")]
         neg_msgs = self.messages(swapped, inline, self.pad)
@@ -704,7 +801,18 @@ class Gate:
         counts = self.attr.counts(before) if self.attr.per_request_counters else None
         full = cache_hit_cap(self.first.prompt_tokens, self.block)
         self.threshold(Threshold("burst_repeat_cached", full, "reference", "floor((prompt_tokens - 1) / B) * B"))
-        self.add(burst_stays_home(repeats, self.first.served_by, full, self.workers, counts))
+        self.add(
+            burst_stays_home(
+                repeats, self.first.served_by, full, self.workers, counts, judge_cache=self.caps.engine_sees_images
+            )
+        )
+        tokens = self.expanded(self.first)
+        if self.caps.records and tokens is None:
+            self.add(not_applicable(BURST_CLAIMS, "no reference expansion of the main prompt (image probe failed)"))
+        else:
+            floor = cache_hit_cap(tokens or 0, self.block) // self.block
+            home = self.home_worker()
+            self.add(burst_records_claim(self.router_text(), repeats, floor, home, bool(self.caps.records)))
 
         fresh = [[*base[:-1], im] for im in self.fresh(BURST, seed=1)]
         before = self.scrape()
@@ -852,7 +960,7 @@ class Gate:
         self.expect_exact("same cache_salt hits", r2, same_layout, "same salt, same prompt")
         other_layout = self.layout(msgs, [y], salt=salt + "-other")
         r3 = self.send("salt-other", msgs, layout=other_layout, extra={"cache_salt": salt + "-other"})
-        self.add(cached_at_most("other cache_salt shares nothing", r3, 0, "the salt keys the first block", "reference"))
+        self.add(self.salt_apart(r3))
         self.add(
             record_claims_at_most(
                 "router keeps cache_salt apart",
@@ -1028,24 +1136,42 @@ class Gate:
             return
         text = self.router_text()
         keeps = bool(self.caps.records)
-        self.add(startup_line_check(text, self.model, self.block, self.caps.startup_line))
+        launch_log = self.stack.log_path("launch")
+        served = parse_served_models(launch_log.read_text(errors="replace") if launch_log.exists() else "")
+        self.add(startup_line_check(text, self.model, self.block, self.caps.startup_line, served))
         line = parse_mm_startup(text)
         router_block = line.block_size if line else None
-        self.add(block_size_agrees(router_block, getattr(self, "worker_blocks", {}), self.caps.startup_line))
-        self.add(router_covers_prompt(text, self.routed, router_block or self.block, keeps))
+        if router_block is None and keeps:  # no stated block size: the records of text-only requests tell it
+            text_only = [r for r in self.routed if (lay := self.layouts.get(r.request_id)) and not lay.images]
+            if not text_only:  # the probes went straight to the workers: one text-only request through the router
+                msgs = text_chat("Count the blocks of this text. " * 4)
+                text_only = [self.send("block-probe", msgs, layout=self.layout(msgs, []), max_tokens=1)]
+                text = self.router_text()
+            self.add(block_size_from_records(text, text_only, self.block, keeps))
+        else:
+            self.add(block_size_agrees(router_block, getattr(self, "worker_blocks", {}), self.caps.startup_line))
+        sees = self.caps.engine_sees_images
+        self.add(router_covers_prompt(text, self.routed, router_block or self.block, keeps, sees))
+        if not sees:
+            expanded = [(r, self.expanded(r)) for r in self.routed]
+            self.add(router_covers_reference(text, expanded, router_block or self.block, keeps))
         # Sequential requests only: within a burst a router rightly predicts blocks its neighbours are still
         # computing, which vLLM does not share until they are cached.
         # Nor eviction-step tries sent before the router could hear the clear (the last try is judged).
         sequential = [r for r in self.routed if r.request_id not in self.concurrent | self.superseded]
-        self.add(router_claims_match_workers(text, sequential, router_block or self.block, keeps))
+        self.add(router_claims_match_workers(text, sequential, router_block or self.block, keeps, sees))
 
     # 7. metrics and 8. evidence -------------------------------------------------------------------------------
     def step_metrics(self) -> None:
         after = self.scrape()
         ok = [r for r in self.result.replies if r.status == 200]
         check, delta = metrics_agree(self.before, after, sum(r.cached_tokens or 0 for r in ok))
+        queries = queries_agree(self.before, after, sum(r.prompt_tokens for r in ok))
+        if not self.caps.worker_metrics:  # declared: nothing to compare, whatever the scrape held
+            why = "the workers are declared to export no vllm:prefix_cache_* counters (worker_metrics=False)"
+            check, queries = (not_applicable(x.name, why, "metrics") for x in (check, queries))
         self.add(check)
-        self.add(queries_agree(self.before, after, sum(r.prompt_tokens for r in ok)))
+        self.add(queries)
         self.result.hit_rate = delta.hit_rate if delta.queries else None
         self.result.per_worker = dict(Counter(r.served_by or "?" for r in self.routed))
 

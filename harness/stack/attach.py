@@ -52,6 +52,7 @@ class AttachSpec:
     engine_sees_images: bool = True
     engine_text: bool = True
     workers_serve_openai: bool = True
+    worker_metrics: bool = True
     router_log: str | None = None
     block_size: int = 16
     payload: str = "image_url"
@@ -95,6 +96,7 @@ def capabilities_of(spec: AttachSpec) -> RouterCapabilities:
         engine_sees_images=spec.engine_sees_images,
         engine_text=spec.engine_text,
         workers_serve_openai=spec.workers_serve_openai,
+        worker_metrics=spec.worker_metrics,
     )
 
 
@@ -160,7 +162,8 @@ def _flag(key: str, value: str) -> bool:
 def spec_from_options(url: str, worker_urls: Sequence[str], model: str | None, pairs: Sequence[str]) -> AttachSpec:
     """An ``AttachSpec`` from the plugin's options: ``--harness-url``, ``--harness-worker-url``,
     ``--harness-model`` and ``--harness-attach KEY=VALUE`` for the rest (``records``, ``startup_line``,
-    ``attribution``, ``engine_sees_images``, ``engine_text``, ``workers_serve_openai``, ``router_log``,
+    ``attribution``, ``engine_sees_images``, ``engine_text``, ``workers_serve_openai``, ``worker_metrics``,
+    ``router_log``,
     ``block_size``, ``family``, ``payload``, ``expect``, ``workers``, ``timeout_s``). ``harness run --url`` writes
     these from its own flags."""
     fields: dict[str, object] = {}
@@ -171,7 +174,7 @@ def spec_from_options(url: str, worker_urls: Sequence[str], model: str | None, p
             raise AttachError(f"--harness-attach: {pair!r} is not KEY=VALUE")
         if key == "attribution":
             fields["attribution"], fields["served_by_header"] = parse_attribution([value])
-        elif key in ("startup_line", "engine_sees_images", "engine_text", "workers_serve_openai"):
+        elif key in ("startup_line", "engine_sees_images", "engine_text", "workers_serve_openai", "worker_metrics"):
             fields[key] = _flag(key, value)
         elif key in ("block_size", "workers"):
             try:

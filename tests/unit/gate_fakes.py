@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from harness.contract import format_mm_startup, format_routing
+from harness.contract import format_mm_startup, format_routing, format_served_model
 from harness.mm.geometry import ImageGeometry, resolve_geometry
 from harness.mm.hashing import BlockKeyContext, block_hashes
 from harness.mm.images import mm_hash
@@ -60,6 +60,23 @@ class Knobs:
     event_lag: int = 0
     #: The workers serve ``POST /reset_prefix_cache`` (vLLM: only with VLLM_SERVER_DEV_MODE=1).
     reset_endpoint: bool = True
+    #: The workers ignore image content as Dynamo's mocker does: one placeholder token per image, no image key.
+    blind_engine: bool = False
+    #: The workers' cache ignores ``cache_salt`` (the mocker, as Dynamo's frontend feeds it).
+    salt_blind_engine: bool = False
+    #: The router logs Dynamo 1.6.1's record format (``total_blocks`` counts the partial last block).
+    dynamo_records: bool = False
+    #: Tokens the router adds to every image's count (its own geometry, unlike the model's).
+    router_image_bonus: int = 0
+    #: The router keys an image by its URL string (Dynamo's default), not its bytes.
+    url_hash: bool = False
+    #: What the start-up line names, whether it states the block size, and the model path the launch script
+    #: announces (``HARNESS_SERVED_MODEL``).
+    startup_model: str = MODEL
+    startup_block: bool = True
+    served_path: str | None = None
+    #: The workers' /metrics carry vLLM's prefix-cache counters (a mocker's do not).
+    vllm_metrics: bool = True
 
 
 class FakeImages:
@@ -104,8 +121,14 @@ class FakeStack:
         for i in range(workers):
             self.log_path(f"worker{i}").write_text(f"worker worker{i} ready: block_size={block}\n")
         rb = self.knobs.router_block or block
-        lines = [format_mm_startup(MODEL, rb)] if self.knobs.startup_line else []
+        model = self.knobs.startup_model
+        line = format_mm_startup(model, rb) if self.knobs.startup_block else (
+            f"MM-aware KV routing enabled model={model} model_dir=/cache/mdc/{model}"
+        )
+        lines = [line] if self.knobs.startup_line else []
         self.log_path("router").write_text("\n".join(lines) + "\n")
+        served = [format_served_model(self.knobs.served_path)] if self.knobs.served_path else []
+        self.log_path("launch").write_text("\n".join([*served, "HARNESS_READY url=" + ROUTER]) + "\n")
         caps = RouterCapabilities(records="harness", startup_line=True, kv_events=True)
         topo = Topology(
             "fake",
@@ -141,20 +164,28 @@ class FakeStack:
             return base64.b64decode(url.partition(",")[2])
         return self.images.files[url.rsplit("/", 1)[-1]]
 
-    def render(self, body: dict[str, Any]) -> tuple[Prompt, list[bytes], list[str]]:
+    def render(self, body: dict[str, Any], router: bool = False) -> tuple[Prompt, list[bytes], list[str]]:
+        """The prompt as a worker renders it (or, with ``router``, as the router keys it)."""
         turns = parse_chat(body["messages"])
         parts = [p for t in turns for p in t.parts if isinstance(p, ImagePart)]
         datas = [self.image_bytes(p.url) for p in parts]
         counts = []
         for p, data in zip(parts, datas, strict=True):
             w, h = Image.open(io.BytesIO(data)).size
-            counts.append(
-                (p.uuid or mm_hash(MODEL, data), self.geometry.num_tokens(w, h) + self.knobs.worker_image_bonus)
-            )
+            if router:
+                key = p.url if self.knobs.url_hash else (p.uuid or mm_hash(MODEL, data))
+                counts.append((key, self.geometry.num_tokens(w, h) + self.knobs.router_image_bonus))
+            elif self.knobs.blind_engine:
+                counts.append(("blind", 1))  # the mocker: one placeholder, the pixels never looked at
+            else:
+                counts.append(
+                    (p.uuid or mm_hash(MODEL, data), self.geometry.num_tokens(w, h) + self.knobs.worker_image_bonus)
+                )
         return render_chat(turns, self.geometry.family, counts), datas, [p.url for p in parts]
 
-    def ctx(self, body: dict[str, Any]) -> BlockKeyContext:
-        return BlockKeyContext(cache_salt=body.get("cache_salt"))
+    def ctx(self, body: dict[str, Any], router: bool = False) -> BlockKeyContext:
+        salt_blind = self.knobs.salt_blind_engine and not router
+        return BlockKeyContext(cache_salt=None if salt_blind else body.get("cache_salt"))
 
     # -- the transport --------------------------------------------------------------------------------------
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -201,23 +232,25 @@ class FakeStack:
 
     def route(self, request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         rid = request.headers.get("x-request-id", "-")
-        prompt, _, _ = self.render(body)
         self.hear_events()
+        prompt, _, _ = self.render(body, router=True)
         items = list(prompt.mm_items)
         if self.knobs.router == "text_key":
             items = [replace(it, hash="any") for it in items]
         elif self.knobs.router == "first_image_only":
             items = [it if n == 0 else replace(it, hash="any") for n, it in enumerate(items)]
         rb = self.knobs.router_block or self.block
-        hashes = block_hashes(prompt.token_ids, rb, items, self.ctx(body))
+        hashes = block_hashes(prompt.token_ids, rb, items, self.ctx(body, router=True))
         overlaps = []
-        for idx in self.router_index:
+        for idx in self.router_index if self.knobs.router != "no_match" else []:
             n = 0
             for h in hashes:
                 if h not in idx:
                     break
                 n += 1
             overlaps.append(n)
+        if self.knobs.router == "no_match":  # Dynamo with KV events: its hashes never match the mockers' events
+            overlaps = [0] * len(self.pool)
         if self.knobs.router == "round_robin":
             pick = self.rr % len(self.pool)
             self.rr += 1
@@ -227,7 +260,11 @@ class FakeStack:
             pick = ties[self.rr % len(ties)]
             self.rr += 1
         self.router_index[pick].update(hashes)
-        if self.knobs.keep_records:
+        if self.knobs.keep_records and self.knobs.dynamo_records:
+            total = -(-prompt.num_tokens // rb)  # Dynamo counts the partial last block
+            with self.router_log.open("a") as fh:
+                fh.write(dynamo_record(rid, 7000 + pick, overlaps[pick], total) + "\n")
+        elif self.knobs.keep_records:
             with self.router_log.open("a") as fh:
                 fh.write(
                     format_routing(rid, self.pool[pick].name, overlaps[pick], len(hashes), self.knobs.router) + "\n"
@@ -267,6 +304,8 @@ class FakeStack:
 
     def metrics(self, i: int) -> str:
         w = self.pool[i]
+        if not self.knobs.vllm_metrics:  # a mocker's system port: Dynamo's own series only
+            return f'dynamo_component_requests_total{{worker_id="{7000 + i:x}"}} {w.requests}\n'
         labels = 'model_name="m",engine="0"'
         return (
             f"# TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total{{{labels}}} {w.queries}\n"
@@ -276,3 +315,14 @@ class FakeStack:
             f"# TYPE vllm:cache_config_info gauge\n"
             f'vllm:cache_config_info{{block_size="{w.block}",enable_prefix_caching="True"}} 1.0\n'
         )
+
+
+def dynamo_record(rid: str, worker_id: int, overlap: int, total: int) -> str:
+    """A record line as Dynamo 1.6.1's frontend logs it (from a real ``DYN_LOG=debug`` run, ids shortened)."""
+    return (
+        "2026-12-02T07:38:36.178983Z DEBUG http-request:kv_router.select_worker: "
+        f"dynamo_llm::kv_router::routing_host::kv_selection: [ROUTING] Best: worker_{worker_id} dp_rank=0 with "
+        f"{overlap}/{total} blocks overlap request_id=df0dd55e worker_id={worker_id} dp_rank=0 "
+        f"overlap_blocks={overlap} total_blocks={total} method=POST uri=/v1/chat/completions version=HTTP/1.1 "
+        f'x_request_id="{rid}" request_id=cb87e676 model="{MODEL}"'
+    )

@@ -77,3 +77,12 @@ def test_workers_line_round_trip() -> None:
     assert c.parse_workers(text) == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
     assert c.parse_workers("HARNESS_READY url=x") is None
     assert c.parse_workers("say HARNESS_WORKERS urls=http://x") is None  # only at a line start
+
+
+def test_worker_metrics_is_declared_on_the_command_line() -> None:
+    pairs = ["records=dynamo", "worker_metrics=no"]
+    caps = resolve_spec(url_case(spec_from_options("http://127.0.0.1:8000", [], "m", pairs))).capabilities
+    assert caps.worker_metrics is False
+    assert resolve_spec(url_case(AttachSpec("http://127.0.0.1:8000", model="m"))).capabilities.worker_metrics
+    with pytest.raises(AttachError, match="--worker-metrics"):
+        spec_from_options("http://127.0.0.1:8000", [], "m", ["worker_metrics=maybe"])

@@ -49,3 +49,34 @@ def test_insufficient_evidence() -> None:
     assert "no header" in out[0].actual and out[1].actual == "never ran"
     assert insufficient(checks, {"a"}) == []
     assert na_summary(checks) == [{"name": "b", "reason": "no header"}, {"name": "c", "reason": "single worker"}]
+
+
+def test_required_for_an_image_blind_engine_without_worker_metrics() -> None:
+    """Dynamo's mockers: the engine's numbers cannot judge images and its /metrics have no vllm:* counters, so
+    the checks resting on them are not required; the record checks against the reference are."""
+    seeing = required_checks(
+        RouterCapabilities(records="dynamo", startup_line=True), workers=2, has_router=True, adapter=False,
+        family_anchored=True,
+    )
+    mocker = required_checks(
+        RouterCapabilities(records="dynamo", startup_line=True, engine_sees_images=False, worker_metrics=False),
+        workers=2, has_router=True, adapter=False, family_anchored=True,
+    )
+    engine_side = {
+        "stack's image-token count (probe) matches the reference",
+        "router keys the whole prompt as the workers expand it",
+        "router's claimed overlap does not exceed the worker's cache",
+        "/metrics prefix-cache hits match responses",
+    }
+    records = {
+        "router claims the repeat's blocks on the first's worker",
+        "router claims the same image sent by the other transport",
+        "router claims the concurrent repeats' blocks on the first's worker",
+    }
+    assert engine_side <= seeing and not engine_side & mocker
+    assert records <= seeing and records <= mocker
+    assert "router keys the whole prompt as the reference expands it" in mocker - seeing
+    single = required_checks(
+        RouterCapabilities(records="harness"), workers=1, has_router=True, adapter=False, family_anchored=True
+    )
+    assert "router claims the concurrent repeats' blocks on the first's worker" not in single  # no burst step

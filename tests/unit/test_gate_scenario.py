@@ -232,3 +232,111 @@ def test_an_event_fed_router_whose_workers_cannot_clear_is_insufficient_evidence
     assert "VLLM_SERVER_DEV_MODE=1" in next(n["reason"] for n in result.not_applicable if n["name"] == FORGETS)
     assert f"insufficient evidence: {FORGETS}" in failed(result)
     assert result.failed_kinds() == {"evidence"}
+
+
+# -- an engine blind to images (Dynamo's mocker): the verdict rests on the router's records ------------------------
+REPEAT_CLAIMS = "router claims the repeat's blocks on the first's worker"
+TRANSPORT_CLAIMS = "router claims the same image sent by the other transport"
+BURST_CLAIMS = "router claims the concurrent repeats' blocks on the first's worker"
+REF_COVERS = "router keys the whole prompt as the reference expands it"
+COVERS = "router keys the whole prompt as the workers expand it"
+BLOCK = "router and workers agree on the block size"
+STARTUP = "MM-aware routing start-up line"
+METRICS = "/metrics prefix-cache hits match responses"
+PROBE = "stack's image-token count (probe) matches the reference"
+MOCKER_CAPS = RouterCapabilities(
+    records="dynamo", startup_line=True, engine_sees_images=False, worker_metrics=False
+)
+
+
+def mocker(**kw: object) -> Knobs:
+    """A Dynamo-like stack: image-blind engine, Dynamo's record format, a start-up line naming the model
+    directory without a block size, no vllm:* metrics on the workers."""
+    base: dict[str, object] = dict(
+        blind_engine=True,
+        dynamo_records=True,
+        startup_model="/state/dynamo/model",
+        startup_block=False,
+        served_path="/state/dynamo/model",
+        vllm_metrics=False,
+    )
+    return Knobs(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_an_image_blind_engine_is_judged_by_the_routers_records(tmp_path: Path) -> None:
+    result = run(tmp_path, mocker(), caps=MOCKER_CAPS, suite="pre_merge")
+    assert result.passed, result.report()
+    na = {n["name"]: n["reason"] for n in result.not_applicable}
+    # The checks comparing the router's image expansion or claims with the engine's numbers: n/a, not required.
+    for name in (COVERS, CLAIMS, PROBE, "repeat hits the image blocks", "same image by base64 hits"):
+        assert "the engine ignores image content" in na[name], name
+        assert name not in result.required
+    assert "worker_metrics=False" in na[METRICS] and METRICS not in result.required
+    # What the records prove, against the reference expansion (engine text + 256 tokens per image).
+    for name in (REF_COVERS, REPEAT_CLAIMS, TRANSPORT_CLAIMS, BURST_CLAIMS, BLOCK, STARTUP):
+        assert check(result, name).passed is True and name in result.required, name
+    block = check(result, BLOCK)
+    assert block.source and "records" in block.source and "block-probe" in block.actual  # sent through the router
+    assert "block_size not stated" in check(result, STARTUP).actual
+    home = check(result, "repeats stay on the cached worker under load")
+    assert "placement only" in home.expected
+    # 5 text + 256 image + ... tokens: the repeat's floor is every block but the last token's.
+    repeat = next(r for r in result.replies if r.tag == "repeat")
+    assert repeat.prompt_tokens < 100  # the engine's own count holds one placeholder per image
+    floor = result.thresholds["repeat_claimed_blocks_at_least"]["value"]
+    assert floor == (repeat.prompt_tokens + 255 - 1) // 16
+
+
+def test_a_router_hashing_the_url_string_fails_the_transport_claim(tmp_path: Path) -> None:
+    result = run(tmp_path, mocker(url_hash=True), caps=MOCKER_CAPS, suite="pre_merge")
+    assert check(result, REPEAT_CLAIMS).passed is True
+    transport = check(result, TRANSPORT_CLAIMS)
+    assert transport.passed is False and "overlap_blocks=0 " in transport.actual
+    with pytest.raises(AssertionError):
+        result.assert_verdict(control=True)
+
+
+def test_a_router_whose_index_never_matches_fails_the_repeat_claims(tmp_path: Path) -> None:
+    """Dynamo with KV events: 0/N even for exact repeats, and they scatter."""
+    result = run(tmp_path, mocker(router="no_match"), caps=MOCKER_CAPS, suite="pre_merge")
+    assert {REPEAT_CLAIMS, TRANSPORT_CLAIMS, BURST_CLAIMS} <= failed(result)
+    assert "overlap_blocks [0, 0, 0, 0, 0, 0]" in check(result, BURST_CLAIMS).actual
+    assert check(result, "router does not claim the new image's blocks").passed is True
+    with pytest.raises(AssertionError):
+        result.assert_verdict(control=True)
+
+
+def test_a_router_expanding_images_unlike_the_model_fails_the_reference_cover(tmp_path: Path) -> None:
+    result = run(tmp_path, mocker(router_image_bonus=32), caps=MOCKER_CAPS, suite="pre_merge")
+    assert REF_COVERS in failed(result)
+    assert verdict(result, COVERS) == "n/a"  # never judged against the blind engine's prompt_tokens
+    assert check(result, REPEAT_CLAIMS).passed is True  # its own claims are consistent
+
+
+def test_without_a_stated_block_size_the_records_judge_it(tmp_path: Path) -> None:
+    result = run(tmp_path, mocker(router_block=32), caps=MOCKER_CAPS, suite="pre_merge")
+    block = check(result, BLOCK)
+    assert block.passed is False and block.kind == "routing" and "records" in (block.source or "")
+
+
+def test_a_start_up_line_naming_an_unserved_directory_fails(tmp_path: Path) -> None:
+    result = run(tmp_path, mocker(served_path=None), caps=MOCKER_CAPS, suite="pre_merge")
+    startup = check(result, STARTUP)
+    assert startup.passed is False and "model=/state/dynamo/model (not" in startup.actual
+
+
+def test_an_engine_ignoring_cache_salt_is_named_as_the_culprit(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(salt_blind_engine=True), suite="pre_merge")
+    salt = check(result, "other cache_salt shares nothing")
+    assert salt.passed is False
+    assert "the engine's cache, not the router, shares blocks across cache_salt values" in salt.actual
+    assert check(result, "router keeps cache_salt apart").passed is True
+
+
+def test_workers_without_vllm_metrics_fail_unless_declared(tmp_path: Path) -> None:
+    result = run(tmp_path, Knobs(vllm_metrics=False), suite="pre_merge")
+    assert verdict(result, METRICS) == "n/a"
+    assert f"insufficient evidence: {METRICS}" in failed(result)  # required: worker_metrics is not declared off
+    declared = RouterCapabilities(records="harness", startup_line=True, kv_events=True, worker_metrics=False)
+    result = run(tmp_path, Knobs(vllm_metrics=False), caps=declared, suite="pre_merge")
+    assert result.passed, result.report()

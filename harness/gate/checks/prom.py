@@ -54,6 +54,9 @@ def cache_delta(before: Mapping[str, float], after: Mapping[str, float]) -> Cach
     return CacheDelta(delta("vllm:prefix_cache_queries_total"), delta("vllm:prefix_cache_hits_total"))
 
 
+METRICS_HITS = "/metrics prefix-cache hits match responses"
+
+
 def metrics_agree(
     before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]], reported_cached: int
 ) -> tuple[CheckResult, CacheDelta]:
@@ -63,12 +66,12 @@ def metrics_agree(
         d = cache_delta(before.get(name, {}), samples)
         hits, queries = hits + d.hits, queries + d.queries
     total = CacheDelta(queries, hits)
-    if not queries:
+    if not queries:  # n/a under the check's own name, so the evidence rules can name its reason
         return CheckResult(
-            "/metrics prefix-cache deltas", None, "workers export vllm:prefix_cache_*", "no data", "metrics"
+            METRICS_HITS, None, "workers export vllm:prefix_cache_*", "no data: no vllm:prefix_cache_* delta", "metrics"
         ), total
     return CheckResult(
-        "/metrics prefix-cache hits match responses",
+        METRICS_HITS,
         hits == reported_cached,
         f"vllm:prefix_cache_hits delta == {reported_cached} (sum of cached_tokens reported)",
         f"hits delta={hits:.0f}, queries delta={queries:.0f}, hit rate={total.hit_rate:.2f}",

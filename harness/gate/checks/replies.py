@@ -198,15 +198,28 @@ def burst_stays_home(
     expected_cached: int,
     workers: int,
     counts: dict[str, float] | None = None,
+    judge_cache: bool = True,
 ) -> CheckResult:
     """Concurrent copies of a cached request: a cache-aware router keeps them where the cache is, even under
-    load; a router that leaves images out of its key balances them away and they miss."""
+    load; a router that leaves images out of its key balances them away and they miss. ``judge_cache=False``
+    (an engine declared blind to images, whose hits say nothing about the image) judges placement only."""
     name = "repeats stay on the cached worker under load"
     if workers < 2:
         return not_applicable(name, "a single worker")
     spread, source = burst_spread(replies, counts)
     if home is None or spread is None:
         return not_applicable(name, "no worker attribution for the burst", expected="the home worker and the burst's")
+    if not judge_cache:
+        return CheckResult(
+            name,
+            set(spread) == {home},
+            f"all {len(replies)} concurrent repeats on {home} (placement only: the engine's cached_tokens ignore "
+            "images, declared)",
+            f"served by {spread}",
+            "routing",
+            replies[0].request_id if replies else None,
+            source=source,
+        )
     misses = [r for r in replies if r.cached_tokens != expected_cached]
     return CheckResult(
         name,

@@ -12,13 +12,15 @@
 - the mocker answers random token ids (``lib/mocker/src/common/sequence.rs``: ``random::<u32>()``), which no
   tokenizer decodes: ``content`` is null;
 - the workers' URLs are the mockers' system ports (``/metrics``, with ``worker_id`` = the nvext id in hex; their
-  ``/health`` stays 503): no OpenAI API there, so probes go through the frontend or not at all.
+  ``/health`` stays 503): no OpenAI API there, so probes go through the frontend or not at all; and no
+  ``vllm:prefix_cache_*`` series, so the counter checks are n/a.
 
 Both modes are controls (strict xfail), on the verdicts measured here (README "Verdicts for NVIDIA Dynamo"): with
 KV events the router's image-aware block hashes never match the mocker's events, so repeats of one image get
-0/N overlap and scatter; without them (``--no-router-kv-events``) repeats co-locate at N/N, but the same image
-by URL and by base64 hashes differently (Dynamo hashes a URL's string). A release that fixes either makes its
-case XPASS and the run fail until this file says ``expect="pass"``.
+0/N overlap and scatter (rejected by the repeat, transport and concurrent-repeat record claims); without them
+(``--no-router-kv-events``) repeats co-locate at N/N, but the same image by URL and by base64 hashes differently
+(Dynamo hashes a URL's string: rejected by the transport claim). A release that fixes either makes its case
+XPASS and the run fail until this file says ``expect="pass"``.
 """
 
 from dataclasses import replace
@@ -34,6 +36,7 @@ DYNAMO_CAPABILITIES = RouterCapabilities(
     engine_sees_images=False,
     engine_text=False,
     workers_serve_openai=False,
+    worker_metrics=False,  # a mocker's /metrics has dynamo_component_* series only, no vllm:prefix_cache_*
 )
 
 DYNAMO_KV_EVENTS = Topology(
@@ -45,8 +48,10 @@ DYNAMO_KV_EVENTS = Topology(
     policy="kv_events",
     timeout_s=90,
     expect="fail",
-    capabilities=DYNAMO_CAPABILITIES,
+    capabilities=replace(DYNAMO_CAPABILITIES, kv_events=True),  # the router indexes the mockers' KV events
 )
-DYNAMO_KV_APPROX = replace(DYNAMO_KV_EVENTS, name="dynamo_kv_approx", policy="kv_approx")
+DYNAMO_KV_APPROX = replace(
+    DYNAMO_KV_EVENTS, name="dynamo_kv_approx", policy="kv_approx", capabilities=DYNAMO_CAPABILITIES
+)
 
 CASES = [Case(QWEN3_VL_2B, DYNAMO_KV_EVENTS), Case(QWEN3_VL_2B, DYNAMO_KV_APPROX)]

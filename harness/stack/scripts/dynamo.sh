@@ -45,6 +45,8 @@ model_dir="$state/model"
 mkdir -p "$state/kv" "$state/cache" "$state/home" || die "dynamo: cannot create $state"
 "$DYN_PY" "$here/../dynamo.py" "$model_dir" --family "${HARNESS_MM_FAMILY:-qwen3_vl}" \
   --max-model-len "$HARNESS_MAX_MODEL_LEN" >/dev/null || die "dynamo: cannot write the model directory $model_dir"
+# The frontend's start-up line names this directory, not HARNESS_MODEL: say it is the model served.
+echo "HARNESS_SERVED_MODEL path=$model_dir"
 
 planes=(--discovery-backend file --request-plane tcp --event-plane zmq)
 # HOME too: the frontend copies model cards into ~/.cache/dynamo/mdc; a per-stack home keeps stacks apart.
