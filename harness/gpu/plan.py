@@ -100,9 +100,15 @@ def format_schedule(schedule: Schedule, demands: Sequence[Demand], policy: Polic
     lines.append(
         f"predicted makespan {schedule.makespan_s:.1f} s; sequential {schedule.sequential_s:.1f} s "
         f"(speed-up {schedule.speedup:.2f}x); lower bound {schedule.lower_bound_s:.1f} s "
-        f"(makespan / lower bound = {schedule.vs_lower_bound:.2f})"
+        f"(makespan / lower bound = {schedule.vs_lower_bound:.2f}; bound from {bound_name(schedule)}; "
+        f"plain bound {schedule.naive_lower_bound_s:.1f} s)"
     )
+    lines.append(f"dispatch rule: {schedule.rule.name} (best of {schedule.evaluations} replayed schedule(s))")
     return "\n".join(lines)
+
+
+def bound_name(schedule: Schedule) -> str:
+    return schedule.bound.binding if schedule.bound else "longest case"
 
 
 def format_shard(selection: Selection) -> str:
@@ -151,7 +157,8 @@ def main_plan(
 ) -> int:
     """``harness plan`` with ``--gpus`` and/or ``--shard``; prints the schedule (or the shard) and returns 0."""
     from harness.gpu.devices import parse_gpu_spec
-    from harness.gpu.scheduler import parse_shard, simulate
+    from harness.gpu.scheduler import parse_shard
+    from harness.gpu.scheduler import plan as best_plan
 
     spec = parse_gpu_spec(gpus) if gpus else None
     shard_of = parse_shard(shard_text) if shard_text else None
@@ -159,7 +166,7 @@ def main_plan(
     if spec is None:
         print(format_shard(sel))
         return 0
-    schedule = simulate(sel.demands, spec.capacities_gib, policy)
+    schedule = best_plan(sel.demands, spec.capacities_gib, policy)
     title = f"harness plan ({sel.shard_note})" if sel.shard_note else "harness plan"
     print(format_schedule(schedule, sel.demands, policy, title))
     return 0

@@ -29,10 +29,11 @@ from harness.gpu.scheduler import (
     Placement,
     Policy,
     Running,
+    Schedule,
+    plan,
     plan_step,
     refusal,
     should_retry,
-    simulate,
 )
 from harness.gpu.simulated import ENV_DIR, SimGpuRegistry
 from harness.profiles import Case
@@ -199,6 +200,10 @@ def run_packed(
             (run_dir / "cases" / f"{r.case.id}.json").write_text(json.dumps(_refused_record(r.case, reason), indent=2))
             log(f"refused {reason}")
     pending = [r for r in runs.values() if r.case.id not in refused]
+    # The dispatch rule with the shortest predicted makespan (``scheduler.plan``); the run follows its priority,
+    # while every start is still admitted live against budgets, measured memory, stagger and the CPU budget.
+    planned = plan([r.demand for r in pending], capacities, policy)
+    log(f"dispatch rule: {planned.rule.name} (predicted makespan {planned.makespan_s:.1f} s)")
     active: list[CaseRun] = []
     finished: list[CaseRun] = []
     t0 = time.monotonic()
@@ -230,7 +235,7 @@ def run_packed(
                 continue
             states = gpu_states(capacities, active, sampler.latest, now)
             cpus = sum(r.demand.cpus for r in active)
-            step = plan_step([r.demand for r in pending], states, now, policy, cpus)
+            step = plan_step([r.demand for r in pending], states, now, policy, cpus, planned.rule)
             for p in step.starts:
                 r = runs[p.case_id]
                 pending.remove(r)
@@ -262,7 +267,7 @@ def run_packed(
         sampler.stop()
     makespan = time.monotonic() - t0
     merge_junit(run_dir)
-    data = packing_data(runs, refused, capacities, policy, sampler, makespan, source.name, demands)
+    data = packing_data(runs, refused, capacities, policy, sampler, makespan, source.name, planned)
     (run_dir / "packing.json").write_text(json.dumps(data, indent=2))
     return data
 
@@ -275,7 +280,7 @@ def packing_data(
     sampler: BackgroundSampler,
     makespan_s: float,
     source_name: str,
-    demands: Sequence[Demand],
+    predicted: Schedule,
 ) -> dict[str, Any]:
     placements: list[dict[str, Any]] = []
     for r in runs.values():
@@ -299,8 +304,6 @@ def packing_data(
         )
     placements.sort(key=lambda p: (p["start_s"], p["case"]))
     sequential = sum(p["wall_s"] for p in placements)
-    runnable = [d for d in demands if d.case_id not in refused]
-    predicted = simulate(runnable, capacities, policy)
     return {
         "source": source_name,
         "gpus": [{"index": i, "capacity_gib": c} for i, c in enumerate(capacities)],
@@ -314,6 +317,9 @@ def packing_data(
             "makespan_s": round(predicted.makespan_s, 3),
             "sequential_s": round(predicted.sequential_s, 3),
             "lower_bound_s": round(predicted.lower_bound_s, 3),
+            "naive_lower_bound_s": round(predicted.naive_lower_bound_s, 3),
+            "bound": predicted.bound.binding if predicted.bound else None,
+            "rule": predicted.rule.name,
         },
         "timeline": sampler.timeline.to_json(),
         "sampler_error": sampler.error,

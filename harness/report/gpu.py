@@ -99,7 +99,10 @@ def packing_lines(run_dir: Path) -> list[str]:
         "",
         f"{len(placements)} case(s) on {caps} ({data.get('source')}). Makespan **{data.get('makespan_s')} s** "
         f"against {data.get('sequential_s')} s of case time run one by one: speed-up **{data.get('speedup')}x**. "
-        f"Predicted makespan {pred.get('makespan_s')} s; lower bound {pred.get('lower_bound_s')} s.",
+        f"Predicted makespan {pred.get('makespan_s')} s; lower bound {pred.get('lower_bound_s')} s"
+        + (f" (from {pred['bound']})" if pred.get("bound") else "")
+        + (f"; dispatch rule: {pred['rule']}" if pred.get("rule") else "")
+        + ".",
         "",
         "| case | gpus | reserved GiB | start s | end s | wall s | estimated s | attempts | rc |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",

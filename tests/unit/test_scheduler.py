@@ -214,7 +214,10 @@ def test_simulate_matches_a_hand_schedule_and_refuses_up_front() -> None:
     # b is held from t=100 (when a ends) — and nothing else is left: it starts then.
     assert spans["b"] == (100.0, 160.0)
     assert s.makespan_s == 160.0 and s.sequential_s == 190.0
-    assert s.lower_bound_s == max(100.0, (100 * 40 + 60 * 40 + 30 * 20) / 80.0)
+    # The plain bound (longest case, memory-seconds / capacity) says 100 s; but a and b can never share
+    # the card (40 + 40 > 68 GiB), so they run one after the other: the honest bound is 160 s, met exactly.
+    assert s.naive_lower_bound_s == max(100.0, (100 * 40 + 60 * 40 + 30 * 20) / 80.0) == 100.0
+    assert s.lower_bound_s == 160.0 and s.vs_lower_bound == 1.0
 
 
 def test_simulate_with_stagger_never_starts_two_cases_on_one_gpu_within_the_window() -> None:

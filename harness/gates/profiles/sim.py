@@ -31,20 +31,27 @@ ROUND_ROBIN = replace(AGG_ROUTER, name="agg_router_round_robin", policy="round_r
 RANDOM = replace(AGG_ROUTER, name="agg_router_random", policy="random", expect="fail", marks=("post_merge",))
 KV_EVENTS = replace(AGG_ROUTER, name="agg_router_kv_events", kv_events=True, marks=("post_merge",))
 POST = {"marks": ("post_merge",)}
+# Measured with `harness vram CASE` on the simulated engine: profiled_vram_gib = peak at the recommended KV cap
+# x 1.1 (rounded up), requested_kv_cache_bytes = smallest passing cap x 2 (2.5 GiB for Qwen3-VL-2B, 1.25 GiB for
+# Qwen2.5-VL-3B). The other cases keep the topology's 5 GiB cap until measured.
+VRAM_AGG_2B = {"profiled_vram_gib": 7.8, "requested_kv_cache_bytes": 2684354560}
+VRAM_ROUTER_2B = {"profiled_vram_gib": 15.6, "requested_kv_cache_bytes": 2684354560}
+VRAM_ROUTER_4W = {"profiled_vram_gib": 31.1, "requested_kv_cache_bytes": 2684354560}
+VRAM_ROUTER_3B = {"profiled_vram_gib": 19.5, "requested_kv_cache_bytes": 1342177280}
 
 CASES = [
     # pre_merge: the gate and its two controls on the default model, plus the topology matrix on a second family.
-    Case(QWEN3_VL_2B, AGG),
-    Case(QWEN3_VL_2B, AGG_ROUTER),
-    Case(QWEN3_VL_2B, AGG_ROUTER, payload="base64", suffix="b64"),
-    Case(QWEN3_VL_2B, KV_TEXT),
-    Case(QWEN3_VL_2B, ROUND_ROBIN),
-    Case(QWEN25_VL_3B, AGG_ROUTER),
+    Case(QWEN3_VL_2B, AGG, overrides=VRAM_AGG_2B),
+    Case(QWEN3_VL_2B, AGG_ROUTER, overrides=VRAM_ROUTER_2B),
+    Case(QWEN3_VL_2B, AGG_ROUTER, payload="base64", suffix="b64", overrides=VRAM_ROUTER_2B),
+    Case(QWEN3_VL_2B, KV_TEXT, overrides=VRAM_ROUTER_2B),
+    Case(QWEN3_VL_2B, ROUND_ROBIN, overrides=VRAM_ROUTER_2B),
+    Case(QWEN25_VL_3B, AGG_ROUTER, overrides=VRAM_ROUTER_3B),
     # post_merge: every family, payload and topology.
     Case(QWEN3_VL_2B, AGG_ROUTER, payload="multi_image", suffix="multi", overrides=POST),
     Case(QWEN3_VL_2B, AGG_ROUTER, payload="multi_turn", suffix="turns", overrides=POST),
     Case(QWEN3_VL_2B, AGG_ROUTER_LORA, payload="lora"),
-    Case(QWEN3_VL_2B, AGG_ROUTER, suffix="4w", overrides={"workers": 4, **POST}),
+    Case(QWEN3_VL_2B, AGG_ROUTER, suffix="4w", overrides={"workers": 4, **POST, **VRAM_ROUTER_4W}),
     Case(QWEN25_VL_3B, KV_TEXT, overrides=POST),
     Case(QWEN3_VL_2B, RANDOM),
     Case(QWEN3_VL_2B, KV_EVENTS),
