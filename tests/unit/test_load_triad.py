@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from harness.load.triad import BlockCache, PromptKey, Triad, achieved, oracle, theoretical
+from harness.load.triad import (
+    BALANCE_SHARE,
+    BlockCache,
+    PromptKey,
+    Triad,
+    achieved,
+    oracle,
+    replay_placement,
+    theoretical,
+)
 
 B = 4
 
@@ -65,3 +74,17 @@ def test_achieved_is_token_weighted_not_a_mean_of_ratios():
     # 90/100 and 0/900: the mean of ratios would say 45%, tokens say 9%
     assert achieved([90, 0], [100, 900]) == pytest.approx(0.09)
     assert achieved([], []) == 0.0
+
+
+def test_oracle_spreads_new_content_past_a_shared_system_prompt():
+    """Longest-prefix alone piles every new image onto the first worker that cached the system prompt (block 1,
+    1/12 of each prompt), which then evicts them; the balanced placement spreads them and keeps them all."""
+    images = [key(1, *range(100 * i, 100 * i + 11)) for i in range(1, 5)]  # 12 blocks, 49 tokens each
+    keys = images + images
+    piled = replay_placement(keys, 2, 30, B, 0.0)  # 30 blocks a worker: two images each fit, four on one do not
+    spread = replay_placement(keys, 2, 30, B, BALANCE_SHARE)
+    # by hand: img0 -> w0, img1 -> w1, img2 -> w0 and img3 -> w1 each hit the system block (4 tokens), and every
+    # repeat hits its 12 blocks where it lives (48 tokens): 4 + 4 + 4 * 48
+    assert spread.hit_tokens == 200 and spread.prompt_tokens == 8 * 49
+    assert piled.hit_tokens < spread.hit_tokens
+    assert oracle(keys, 2, 30, B) == spread
