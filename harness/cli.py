@@ -2,6 +2,9 @@
 
 harness run [-m pre_merge] [--backend sim|vllm] [pytest args...]   gates -> reports/<ts>/ (+ reports/latest)
 harness plan [-m EXPR] [--max-vram-gib N]                         print the cases a run would execute
+harness plan --gpus 8x80 [--shard i/n]                            the packed schedule and its makespan vs a bound
+harness run --gpus 2x80 | --pack [--shard i/n]                    run the cases packed onto (simulated) GPUs
+harness vram CASE_ID                                              measure VRAM, bisect the KV cap, print the profile
 harness run --url URL [--worker-url URL ...] [--model M] [...]     gate a stack that is already running
 harness stack up --profile CASE_ID [--port P] [--profile-dir D]   boot one case's stack and wait (Ctrl-C ends it)
 harness bench CASE_ID | --url URL [workload, load shape]          load test -> reports/<ts>/ (see bench --help)
