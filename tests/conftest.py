@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from harness.sim.process import WorkerHandle, start_workers, stop_workers
 from tests.helpers import MODEL
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+
+# A shell starting a job in the background without job control hands it SIGINT ignored, and an ignored signal stays
+# ignored across exec: every process the tests start would then shrug off the Ctrl-C the interrupt tests send.
+# A handled signal resets to its default on exec, so handling it here gives children the disposition a terminal
+# would; pytest itself then still stops on Ctrl-C.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
